@@ -1,0 +1,6 @@
+//! The flowplane data plane.
+#![deny(unsafe_code)]
+
+pub mod output;
+
+pub use output::{AggEntry, Alert, DimensionWindow, KeyValue, Sink, SinkError, Totals, WindowBatch};
