@@ -19,8 +19,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod decoder;
 mod error;
 mod record;
 
+pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
 pub use error::DecodeError;
-pub use record::{FlowFormat, FlowRecord, V4_UNSPECIFIED, addr_to_bytes, bytes_to_addr, v4_to_bytes};
+pub use record::{
+    FlowFormat, FlowRecord, V4_UNSPECIFIED, addr_to_bytes, bytes_to_addr, v4_to_bytes,
+};

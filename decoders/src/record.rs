@@ -175,5 +175,7 @@ impl FlowRecord {
 pub const V4_UNSPECIFIED: [u8; 16] = v4_const(Ipv4Addr::UNSPECIFIED.octets());
 
 const fn v4_const(o: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }

@@ -3,4 +3,6 @@
 
 pub mod output;
 
-pub use output::{AggEntry, Alert, DimensionWindow, KeyValue, Sink, SinkError, Totals, WindowBatch};
+pub use output::{
+    AggEntry, Alert, DimensionWindow, KeyValue, Sink, SinkError, Totals, WindowBatch,
+};
