@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{DecodeError, FlowFormat, FlowRecord};
+use crate::{DecodeError, FlowFormat, FlowRecord, addr_to_bytes, netflow_v5};
 
 /// Bounds on decoder memory. Every bound, when hit, is counted in [`DecodeStats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,8 @@ impl Default for DecoderLimits {
 /// What one call to [`Decoder::decode`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatagramResult {
-    /// Format recognised from the header ([`FlowFormat::Unknown`] if none).
+    /// Format recognised from the header; `None` when the datagram is too short to carry a
+    /// version or the version is not one this decoder handles.
     pub format: Option<FlowFormat>,
     /// Records emitted by this call (including held data decoded because its template arrived).
     pub records: u32,
@@ -108,11 +109,34 @@ impl Decoder {
         datagram: &[u8],
         mut emit: F,
     ) -> DatagramResult {
-        // Placeholder so that the engine can build against the API; the real decoders replace
-        // this body.
-        let _ = (exporter, now_ms, datagram, &mut emit);
+        let _ = now_ms;
         self.stats.datagrams += 1;
-        DatagramResult::default()
+        let mut result = DatagramResult::default();
+        let base = FlowRecord {
+            exporter: addr_to_bytes(exporter.ip()),
+            exporter_port: exporter.port(),
+            sampling_rate: 1,
+            ..FlowRecord::default()
+        };
+
+        let outcome = match sniff_version(datagram) {
+            Err(e) => Err(e),
+            Ok(VERSION_V5) => {
+                result.format = Some(FlowFormat::NetflowV5);
+                netflow_v5::Packet::new_checked(datagram).map(|p| {
+                    result.records += netflow_v5::parse(&p, &base, &mut emit);
+                })
+            }
+            // TODO(#2): NetFlow v9 and IPFIX land in the next commit.
+            Ok(_) => Err(DecodeError::BadVersion),
+        };
+
+        self.stats.records += u64::from(result.records);
+        if let Err(e) = outcome {
+            self.stats.errors[e.index()] += 1;
+            result.error = Some(e);
+        }
+        result
     }
 
     /// Drops held data older than the TTL. Call at least once per second.
@@ -123,5 +147,67 @@ impl Decoder {
     /// Running totals.
     pub fn stats(&self) -> &DecodeStats {
         &self.stats
+    }
+}
+
+/// NetFlow v5: the 16-bit version field at offset 0.
+const VERSION_V5: u16 = 0x0005;
+
+/// Reads the 16-bit version that NetFlow v5, v9 and IPFIX all put at offset 0.
+///
+/// sFlow v5 puts a 32-bit version there instead (`00 00 00 05`), so its 16-bit reading is 0 and
+/// it can never be taken for NetFlow v5 (`00 05`); until the sFlow decoder lands (issue 3) it is
+/// refused here as [`DecodeError::BadVersion`].
+fn sniff_version(datagram: &[u8]) -> Result<u16, DecodeError> {
+    match datagram {
+        [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+        _ => Err(DecodeError::Truncated),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter() -> SocketAddr {
+        "192.0.2.7:40000".parse().unwrap()
+    }
+
+    #[test]
+    fn sflow_is_not_taken_for_netflow_v5() {
+        let mut d = Decoder::new(DecoderLimits::default());
+        // sFlow v5: 32-bit version 5, then an IPv4 agent address.
+        let sflow = [0, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let r = d.decode(exporter(), 0, &sflow, |_| panic!("no record expected"));
+        assert_eq!(r.error, Some(DecodeError::BadVersion));
+        assert_eq!(r.format, None);
+        assert_eq!(d.stats().errors[DecodeError::BadVersion.index()], 1);
+    }
+
+    #[test]
+    fn counts_short_datagrams() {
+        let mut d = Decoder::new(DecoderLimits::default());
+        let r = d.decode(exporter(), 0, &[0], |_| {});
+        assert_eq!(r.error, Some(DecodeError::Truncated));
+        let r = d.decode(exporter(), 0, &[0, 5, 0, 1], |_| {});
+        assert_eq!(r.format, Some(FlowFormat::NetflowV5));
+        assert_eq!(r.error, Some(DecodeError::Truncated));
+        assert_eq!(d.stats().datagrams, 2);
+        assert_eq!(d.stats().errors[DecodeError::Truncated.index()], 2);
+    }
+
+    #[test]
+    fn v5_records_carry_the_exporter() {
+        let mut dg = vec![0u8; 24 + 48];
+        dg[1] = 5;
+        dg[3] = 1;
+        let mut d = Decoder::new(DecoderLimits::default());
+        let mut seen = Vec::new();
+        let r = d.decode(exporter(), 0, &dg, |rec| seen.push(*rec));
+        assert_eq!((r.records, r.error), (1, None));
+        assert_eq!(seen[0].exporter_ip().to_string(), "192.0.2.7");
+        assert_eq!(seen[0].exporter_port, 40000);
+        assert_eq!(seen[0].sampling_rate, 1);
+        assert_eq!(d.stats().records, 1);
     }
 }

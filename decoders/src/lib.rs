@@ -21,6 +21,7 @@
 
 mod decoder;
 mod error;
+pub mod netflow_v5;
 mod record;
 
 pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
