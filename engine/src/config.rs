@@ -1,0 +1,479 @@
+//! Engine configuration: the `[engine]` table of the flowplane configuration file.
+//!
+//! Every setting has a default that works on one small machine (see [`EngineConfig::default`]),
+//! and [`EngineConfig::validate`] refuses impossible values at start with a message that names
+//! the setting (`engine.<name>`) and the reason.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use flowplane_decoders::DecoderLimits;
+use serde::Deserialize;
+
+use crate::key::Dimension;
+
+/// Settings of the data plane.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// UDP addresses to receive flow exports on. Any listener accepts any format (NetFlow v5,
+    /// v9, IPFIX; the version is read from each datagram). Every worker opens its own socket on
+    /// each address with `SO_REUSEPORT`, and the kernel spreads exporters over the workers by
+    /// their address and port, so one exporter always reaches the same worker (its templates
+    /// live there). Default: `["0.0.0.0:2055", "0.0.0.0:4739"]` (the NetFlow and IPFIX ports).
+    pub listen: Vec<SocketAddr>,
+
+    /// Number of receive/aggregate worker threads. Default: the number of CPUs available to
+    /// the process minus one (the merger and sink threads use the remaining one), at least 1.
+    pub workers: usize,
+
+    /// Pin each worker thread to its own core. Default: `true`.
+    pub pin_cores: bool,
+
+    /// Explicit cores for the workers, one per worker, in worker order (e.g. `[2, 3, 4, 5]`).
+    /// Empty (the default) means workers go to cores 1, 2, ... (wrapping), leaving core 0 to
+    /// the merger, sinks and the operating system. Ignored when `pin_cores` is false.
+    pub worker_cores: Vec<usize>,
+
+    /// Receive buffer requested for each socket (`SO_RCVBUF`), in bytes. The kernel caps it at
+    /// `net.core.rmem_max`; flowplane reads the effective size back and warns once when it was
+    /// capped. Default: 33554432 (32 MiB). Range: 65536 to 2147483647.
+    pub rcvbuf_bytes: usize,
+
+    /// Datagrams fetched per `recvmmsg` call (one buffer of 65535 bytes each, per socket).
+    /// Default: 64. Range: 1 to 1024.
+    pub recv_batch: usize,
+
+    /// Slots of each aggregation table: per worker, per dimension. Must be a power of two
+    /// (16 to 16777216). A table takes new keys until it is 7/8 full; records with further new
+    /// keys in that window go to the dimension's counted overflow entry. Default: 65536.
+    pub table_capacity: usize,
+
+    /// Aggregation dimensions. Each is a `+`-joined list of key fields, from: `src_ip`,
+    /// `dst_ip`, `src_port`, `dst_port`, `protocol`, `exporter`, `input_if`, `output_if`, `tos`,
+    /// `src_as`, `dst_as`. A field may appear once per dimension, and a dimension once per list
+    /// (the order of fields in a dimension sets the order in its key text). Default:
+    /// `["src_ip", "dst_ip", "dst_port", "protocol", "exporter", "src_ip+dst_port+protocol"]`.
+    pub dimensions: Vec<String>,
+
+    /// Multiply bytes and packets by the record's sampling rate (1-in-N, from the exporter's
+    /// header or option data) before adding them up. The raw, unscaled values are always kept
+    /// alongside. Default: `true`.
+    pub scale_sampling: bool,
+
+    /// Length of each key's Z-score baseline, in past 1-second windows (a window in which the
+    /// key was absent counts as 0 bytes). Default: 300. Range: 2 to 3600.
+    pub zscore_windows: usize,
+
+    /// A key alerts when `(bytes - mean) / stddev` of its window exceeds this. Default: 4.0.
+    /// Must be a finite number above 0.
+    pub zscore_threshold: f64,
+
+    /// Windows of history a key needs before it can alert. Default: 30. Range: 1 to
+    /// `zscore_windows`.
+    pub zscore_min_windows: usize,
+
+    /// Keys (all dimensions together) whose baseline is kept. Each costs about
+    /// `4 * zscore_windows + 64` bytes. Keys idle for a whole baseline are evicted; when the
+    /// bound is reached, further new keys are not scored until room frees up (counted as
+    /// `zscore_keys_untracked`). Default: 16384.
+    pub zscore_max_keys: usize,
+
+    /// Closed windows buffered per sink while it is slow or down. When the buffer is full the
+    /// oldest window is dropped and counted. Default: 600 (10 minutes).
+    pub sink_queue_windows: usize,
+
+    /// Seconds between the one-line counter summaries logged at info level. Default: 10.
+    pub stats_interval_secs: u64,
+
+    /// How long past its end the merger waits for a stalled worker's share of a window before
+    /// closing the window without it (a share arriving later is counted as late and dropped),
+    /// in milliseconds. Default: 2000. Range: 100 to 60000.
+    pub merge_grace_ms: u64,
+
+    /// On shutdown, how long to wait for the sinks to take the last windows before giving up
+    /// (what is left is counted as dropped), in seconds. Default: 10.
+    pub shutdown_timeout_secs: u64,
+
+    /// Bounds on the decoders' template and held-data memory, per worker.
+    pub decoder: DecoderConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Self {
+            listen: vec![SocketAddr::new(any, 2055), SocketAddr::new(any, 4739)],
+            workers: flowplane_hwprofiles::available_cpus()
+                .saturating_sub(1)
+                .max(1),
+            pin_cores: true,
+            worker_cores: Vec::new(),
+            rcvbuf_bytes: 32 * 1024 * 1024,
+            recv_batch: 64,
+            table_capacity: 65_536,
+            dimensions: [
+                "src_ip",
+                "dst_ip",
+                "dst_port",
+                "protocol",
+                "exporter",
+                "src_ip+dst_port+protocol",
+            ]
+            .map(String::from)
+            .to_vec(),
+            scale_sampling: true,
+            zscore_windows: 300,
+            zscore_threshold: 4.0,
+            zscore_min_windows: 30,
+            zscore_max_keys: 16_384,
+            sink_queue_windows: 600,
+            stats_interval_secs: 10,
+            merge_grace_ms: 2_000,
+            shutdown_timeout_secs: 10,
+            decoder: DecoderConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// The first invalid setting, named as `engine.<name>` with the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::new("listen", "at least one address is needed"));
+        }
+        let mut seen = HashSet::new();
+        for a in &self.listen {
+            if !seen.insert(a) {
+                return Err(ConfigError::new("listen", format!("{a} is listed twice")));
+            }
+        }
+        check_range("workers", self.workers, 1, MAX_WORKERS)?;
+        if self.pin_cores && !self.worker_cores.is_empty() {
+            if self.worker_cores.len() != self.workers {
+                return Err(ConfigError::new(
+                    "worker_cores",
+                    format!(
+                        "lists {} cores for {} workers; give one core per worker or none",
+                        self.worker_cores.len(),
+                        self.workers
+                    ),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for c in &self.worker_cores {
+                if !seen.insert(c) {
+                    return Err(ConfigError::new(
+                        "worker_cores",
+                        format!("core {c} is listed twice"),
+                    ));
+                }
+            }
+        }
+        check_range("rcvbuf_bytes", self.rcvbuf_bytes, 65_536, i32::MAX as usize)?;
+        check_range("recv_batch", self.recv_batch, 1, 1_024)?;
+        check_range("table_capacity", self.table_capacity, 16, 1 << 24)?;
+        if !self.table_capacity.is_power_of_two() {
+            return Err(ConfigError::new(
+                "table_capacity",
+                format!("{} is not a power of two", self.table_capacity),
+            ));
+        }
+        self.dimension_specs()?;
+
+        check_range("zscore_windows", self.zscore_windows, 2, 3_600)?;
+        if !(self.zscore_threshold.is_finite() && self.zscore_threshold > 0.0) {
+            return Err(ConfigError::new(
+                "zscore_threshold",
+                "must be a finite number above 0",
+            ));
+        }
+        check_range(
+            "zscore_min_windows",
+            self.zscore_min_windows,
+            1,
+            self.zscore_windows,
+        )?;
+        check_range("zscore_max_keys", self.zscore_max_keys, 1, 10_000_000)?;
+        check_range("sink_queue_windows", self.sink_queue_windows, 1, 86_400)?;
+        check_range(
+            "stats_interval_secs",
+            self.stats_interval_secs as usize,
+            1,
+            86_400,
+        )?;
+        check_range("merge_grace_ms", self.merge_grace_ms as usize, 100, 60_000)?;
+        check_range(
+            "shutdown_timeout_secs",
+            self.shutdown_timeout_secs as usize,
+            1,
+            3_600,
+        )?;
+        self.decoder.validate()
+    }
+
+    /// The parsed dimensions.
+    ///
+    /// # Errors
+    ///
+    /// An unknown or repeated field, an empty dimension, or a repeated dimension.
+    pub fn dimension_specs(&self) -> Result<Vec<Dimension>, ConfigError> {
+        if self.dimensions.is_empty() {
+            return Err(ConfigError::new(
+                "dimensions",
+                "at least one dimension is needed",
+            ));
+        }
+        check_range("dimensions", self.dimensions.len(), 1, MAX_DIMENSIONS)?;
+        let mut out: Vec<Dimension> = Vec::with_capacity(self.dimensions.len());
+        for d in &self.dimensions {
+            let dim =
+                Dimension::parse(d).map_err(|reason| ConfigError::new("dimensions", reason))?;
+            if let Some(prev) = out.iter().find(|p| p.same_fields(&dim)) {
+                return Err(ConfigError::new(
+                    "dimensions",
+                    format!("`{d}` repeats dimension `{}`", prev.name()),
+                ));
+            }
+            out.push(dim);
+        }
+        Ok(out)
+    }
+}
+
+/// Bounds on one worker's decoder memory (maps onto [`DecoderLimits`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// Exporters (address, port) whose template state is tracked at once. Default: 4096.
+    pub max_exporters: usize,
+    /// Templates kept per exporter, all domains together. Default: 1024.
+    pub max_templates_per_exporter: usize,
+    /// Templates kept in total. Default: 65536.
+    pub max_templates_total: usize,
+    /// Bytes of data sets held per exporter while their template is missing. Default: 262144.
+    pub pending_bytes_per_exporter: usize,
+    /// Bytes of data sets held in total while their template is missing. Default: 16777216.
+    pub pending_bytes_total: usize,
+    /// Milliseconds a data set waits for its template before it is dropped and counted.
+    /// Default: 10000.
+    pub pending_ttl_ms: u64,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        let l = DecoderLimits::default();
+        Self {
+            max_exporters: l.max_exporters,
+            max_templates_per_exporter: l.max_templates_per_exporter,
+            max_templates_total: l.max_templates_total,
+            pending_bytes_per_exporter: l.pending_bytes_per_exporter,
+            pending_bytes_total: l.pending_bytes_total,
+            pending_ttl_ms: l.pending_ttl_ms,
+        }
+    }
+}
+
+impl DecoderConfig {
+    /// The decoder limits these settings describe.
+    pub fn limits(&self) -> DecoderLimits {
+        DecoderLimits {
+            max_exporters: self.max_exporters,
+            max_templates_per_exporter: self.max_templates_per_exporter,
+            max_templates_total: self.max_templates_total,
+            pending_bytes_per_exporter: self.pending_bytes_per_exporter,
+            pending_bytes_total: self.pending_bytes_total,
+            pending_ttl_ms: self.pending_ttl_ms,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let named = |n: &str| format!("decoder.{n}");
+        let check = |n: &str, v: usize, lo: usize, hi: usize| check_range(&named(n), v, lo, hi);
+        check("max_exporters", self.max_exporters, 1, 1_000_000)?;
+        check(
+            "max_templates_per_exporter",
+            self.max_templates_per_exporter,
+            1,
+            65_536,
+        )?;
+        check(
+            "max_templates_total",
+            self.max_templates_total,
+            1,
+            10_000_000,
+        )?;
+        check(
+            "pending_bytes_per_exporter",
+            self.pending_bytes_per_exporter,
+            0,
+            1 << 30,
+        )?;
+        check("pending_bytes_total", self.pending_bytes_total, 0, 1 << 32)?;
+        check("pending_ttl_ms", self.pending_ttl_ms as usize, 0, 3_600_000)?;
+        if self.max_templates_per_exporter > self.max_templates_total {
+            return Err(ConfigError::new(
+                named("max_templates_per_exporter"),
+                "is larger than decoder.max_templates_total",
+            ));
+        }
+        if self.pending_bytes_per_exporter > self.pending_bytes_total {
+            return Err(ConfigError::new(
+                named("pending_bytes_per_exporter"),
+                "is larger than decoder.pending_bytes_total",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An invalid setting, refused at start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting `engine.{setting}`: {reason}")]
+pub struct ConfigError {
+    /// Setting name below `engine.`, e.g. `table_capacity` or `decoder.max_exporters`.
+    pub setting: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn check_range(setting: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(ConfigError::new(
+            setting,
+            format!("{v} is outside the allowed range {lo} to {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Workers beyond this are surely a typo (the largest tier has 32 cores).
+const MAX_WORKERS: usize = 1_024;
+/// Dimensions beyond this would make every window very large.
+const MAX_DIMENSIONS: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = EngineConfig::default();
+        c.validate().unwrap();
+        assert!(c.workers >= 1);
+        assert_eq!(c.dimension_specs().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn refuses_non_power_of_two_capacity() {
+        let c = EngineConfig {
+            table_capacity: 1000,
+            ..EngineConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "table_capacity");
+        assert_eq!(
+            e.to_string(),
+            "invalid setting `engine.table_capacity`: 1000 is not a power of two"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_dimensions() {
+        for (dims, needle) in [
+            (vec!["src_ip+nope"], "unknown field `nope`"),
+            (vec!["src_ip+src_ip"], "twice"),
+            (vec!["src_ip+dst_port", "dst_port+src_ip"], "repeats"),
+            (vec![""], "empty"),
+            (vec![], "at least one"),
+        ] {
+            let c = EngineConfig {
+                dimensions: dims.iter().map(|s| s.to_string()).collect(),
+                ..EngineConfig::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.setting, "dimensions");
+            assert!(e.reason.contains(needle), "{dims:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn refuses_other_bad_values() {
+        let base = EngineConfig::default();
+        let cases: Vec<(EngineConfig, &str)> = vec![
+            (
+                EngineConfig {
+                    workers: 0,
+                    ..base.clone()
+                },
+                "workers",
+            ),
+            (
+                EngineConfig {
+                    listen: vec![],
+                    ..base.clone()
+                },
+                "listen",
+            ),
+            (
+                EngineConfig {
+                    zscore_threshold: f64::NAN,
+                    ..base.clone()
+                },
+                "zscore_threshold",
+            ),
+            (
+                EngineConfig {
+                    zscore_min_windows: 301,
+                    ..base.clone()
+                },
+                "zscore_min_windows",
+            ),
+            (
+                EngineConfig {
+                    workers: 2,
+                    worker_cores: vec![1],
+                    ..base.clone()
+                },
+                "worker_cores",
+            ),
+            (
+                EngineConfig {
+                    decoder: DecoderConfig {
+                        max_exporters: 0,
+                        ..DecoderConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "decoder.max_exporters",
+            ),
+        ];
+        for (c, setting) in cases {
+            assert_eq!(c.validate().unwrap_err().setting, setting);
+        }
+    }
+
+    #[test]
+    fn decoder_limits_map_through() {
+        let c = DecoderConfig {
+            pending_ttl_ms: 5,
+            ..DecoderConfig::default()
+        };
+        let l = c.limits();
+        assert_eq!(l.pending_ttl_ms, 5);
+        assert_eq!(l.max_exporters, DecoderLimits::default().max_exporters);
+    }
+}
