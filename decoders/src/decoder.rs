@@ -1,9 +1,11 @@
 //! The entry point: one [`Decoder`] per worker, holding the template state of every exporter
 //! that worker has seen.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use crate::{DecodeError, FlowFormat, FlowRecord, addr_to_bytes, netflow_v5};
+use crate::template::{Accum, SamplerRef, Template, TemplateError, TemplateKind, TimeBase};
+use crate::{DecodeError, FlowFormat, FlowRecord, addr_to_bytes, ipfix, netflow_v5, netflow_v9};
 
 /// Bounds on decoder memory. Every bound, when hit, is counted in [`DecodeStats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,13 +79,26 @@ pub struct DecodeStats {
     pub templates_withdrawn: u64,
     /// Template definitions refused because a bound was hit.
     pub templates_refused: u64,
+    /// Option records announcing a sampling rate or system-init time that were not kept
+    /// because the per-exporter bound (`max_templates_per_exporter` entries) was hit.
+    pub options_refused: u64,
 }
 
 /// Decoder state for many exporters: templates, option-announced sampling rates, held data.
+///
+/// All state is keyed first by the exporter's socket address (address and UDP port), then by
+/// format, observation domain / source id and template id, so two exporters (or two domains of
+/// one exporter) never see each other's templates.
 #[derive(Debug)]
 pub struct Decoder {
     limits: DecoderLimits,
     stats: DecodeStats,
+    exporters: HashMap<SocketAddr, ExporterState>,
+    templates_total: usize,
+    pending_bytes_total: usize,
+    /// Field specifiers of the template being read; reused so that learning a template
+    /// allocates only the template itself.
+    scratch: Vec<crate::template::FieldSpec>,
 }
 
 impl Decoder {
@@ -92,6 +107,10 @@ impl Decoder {
         Self {
             limits,
             stats: DecodeStats::default(),
+            exporters: HashMap::new(),
+            templates_total: 0,
+            pending_bytes_total: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -102,6 +121,9 @@ impl Decoder {
 
     /// Decodes one datagram received from `exporter` at `now_ms` (Unix milliseconds) and calls
     /// `emit` once per decoded record. Auto-detects NetFlow v5, v9 and IPFIX from the header.
+    ///
+    /// Errors are returned in [`DatagramResult::error`] and counted in [`DecodeStats::errors`];
+    /// records decoded before the error have been emitted.
     pub fn decode<F: FnMut(&FlowRecord)>(
         &mut self,
         exporter: SocketAddr,
@@ -109,7 +131,6 @@ impl Decoder {
         datagram: &[u8],
         mut emit: F,
     ) -> DatagramResult {
-        let _ = now_ms;
         self.stats.datagrams += 1;
         let mut result = DatagramResult::default();
         let base = FlowRecord {
@@ -127,7 +148,21 @@ impl Decoder {
                     result.records += netflow_v5::parse(&p, &base, &mut emit);
                 })
             }
-            // TODO(#2): NetFlow v9 and IPFIX land in the next commit.
+            Ok(VERSION_V9) => {
+                result.format = Some(FlowFormat::NetflowV9);
+                netflow_v9::Packet::new_checked(datagram).and_then(|p| {
+                    let mut cx = Cx::new(self, exporter, now_ms, &mut result, &mut emit);
+                    netflow_v9::parse(&p, &base, &mut cx)
+                })
+            }
+            Ok(VERSION_IPFIX) => {
+                result.format = Some(FlowFormat::Ipfix);
+                ipfix::Packet::new_checked(datagram).and_then(|p| {
+                    let mut cx = Cx::new(self, exporter, now_ms, &mut result, &mut emit);
+                    ipfix::parse(&p, &base, &mut cx)
+                })
+            }
+            // sFlow (issue 3) and anything else.
             Ok(_) => Err(DecodeError::BadVersion),
         };
 
@@ -139,19 +174,452 @@ impl Decoder {
         result
     }
 
-    /// Drops held data older than the TTL. Call at least once per second.
+    /// Drops held data older than the TTL, and forgets exporters that hold no state at all.
+    /// Call at least once per second.
     pub fn expire(&mut self, now_ms: u64) {
-        let _ = now_ms;
+        let ttl = self.limits.pending_ttl_ms;
+        for state in self.exporters.values_mut() {
+            while let Some(p) = state.pending.front() {
+                if now_ms.saturating_sub(p.arrived_ms) <= ttl {
+                    break;
+                }
+                let len = p.bytes.len();
+                state.pending.pop_front();
+                state.pending_bytes -= len;
+                self.pending_bytes_total -= len;
+                self.stats.held_sets_expired += 1;
+            }
+        }
+        // TODO(#2): exporters that went silent keep their templates until restart; an idle
+        // timeout would free their slot under `max_exporters`.
+        self.exporters.retain(|_, s| !s.is_empty());
     }
 
     /// Running totals.
     pub fn stats(&self) -> &DecodeStats {
         &self.stats
     }
+
+    /// Templates currently learned, all exporters together.
+    pub fn templates(&self) -> usize {
+        self.templates_total
+    }
+
+    /// Bytes of data sets currently held waiting for their template.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes_total
+    }
+}
+
+/// Identifies a template: exporter-local part of the scope (the exporter is the outer key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TemplateKey {
+    format: u8,
+    domain: u32,
+    id: u16,
+}
+
+/// Identifies an option-announced sampling rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SamplerKey {
+    format: u8,
+    domain: u32,
+    sampler: SamplerRef,
+}
+
+/// A data set that arrived before its template.
+#[derive(Debug)]
+struct Pending {
+    key: TemplateKey,
+    base: FlowRecord,
+    time: TimeBase,
+    arrived_ms: u64,
+    bytes: Box<[u8]>,
+}
+
+/// Everything known about one exporter (address and port).
+#[derive(Debug, Default)]
+struct ExporterState {
+    templates: HashMap<TemplateKey, Template>,
+    samplers: HashMap<SamplerKey, u32>,
+    /// systemInitTimeMilliseconds per (format, domain), from IPFIX options data.
+    init_times: HashMap<(u8, u32), u64>,
+    /// Held data sets, oldest first.
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+}
+
+impl ExporterState {
+    fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+            && self.samplers.is_empty()
+            && self.init_times.is_empty()
+            && self.pending.is_empty()
+    }
+}
+
+/// The scope of one message: which exporter, format and domain its sets belong to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scope {
+    pub(crate) format: FlowFormat,
+    pub(crate) domain: u32,
+}
+
+/// What a format parser sees of the decoder while it walks one datagram.
+pub(crate) struct Cx<'a, F> {
+    dec: &'a mut Decoder,
+    exporter: SocketAddr,
+    now_ms: u64,
+    result: &'a mut DatagramResult,
+    emit: &'a mut F,
+}
+
+impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
+    fn new(
+        dec: &'a mut Decoder,
+        exporter: SocketAddr,
+        now_ms: u64,
+        result: &'a mut DatagramResult,
+        emit: &'a mut F,
+    ) -> Self {
+        Self {
+            dec,
+            exporter,
+            now_ms,
+            result,
+            emit,
+        }
+    }
+
+    /// The reusable field-specifier buffer, cleared.
+    pub(crate) fn take_scratch(&mut self) -> Vec<crate::template::FieldSpec> {
+        let mut v = std::mem::take(&mut self.dec.scratch);
+        v.clear();
+        v
+    }
+
+    /// Gives the field-specifier buffer back for the next template.
+    pub(crate) fn put_scratch(&mut self, v: Vec<crate::template::FieldSpec>) {
+        self.dec.scratch = v;
+    }
+
+    /// Learns (or replaces) a template, then decodes any held data waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::BadTemplate`] for an invalid definition. A valid definition that does not
+    /// fit the bounds is refused and counted, not an error.
+    pub(crate) fn learn(
+        &mut self,
+        scope: Scope,
+        id: u16,
+        template: Result<Template, TemplateError>,
+    ) -> Result<(), DecodeError> {
+        let template = match template {
+            Ok(t) => t,
+            Err(TemplateError::Invalid) => return Err(DecodeError::BadTemplate),
+            Err(TemplateError::TooLarge) => {
+                self.dec.stats.templates_refused += 1;
+                return Ok(());
+            }
+        };
+        let key = TemplateKey {
+            format: scope.format as u8,
+            domain: scope.domain,
+            id,
+        };
+        let limits = self.dec.limits;
+        let Some(state) = exporter_state(&mut self.dec.exporters, &limits, self.exporter) else {
+            self.dec.stats.templates_refused += 1;
+            return Ok(());
+        };
+
+        // A new definition replaces the old one (RFC 7011 § 8, RFC 3954 § 5.2); only a new key
+        // takes a slot under the bounds.
+        let replacing = state.templates.contains_key(&key);
+        if !replacing
+            && (state.templates.len() >= limits.max_templates_per_exporter
+                || self.dec.templates_total >= limits.max_templates_total)
+        {
+            self.dec.stats.templates_refused += 1;
+            return Ok(());
+        }
+        state.templates.insert(key, template);
+        if !replacing {
+            self.dec.templates_total += 1;
+        }
+        self.dec.stats.templates_learned += 1;
+
+        self.drain_pending(key);
+        Ok(())
+    }
+
+    /// Decodes the held data sets of `key`, oldest first, now that its template is known.
+    fn drain_pending(&mut self, key: TemplateKey) {
+        let limits = self.dec.limits;
+        let Some(state) = self.dec.exporters.get_mut(&self.exporter) else {
+            return;
+        };
+        let mut i = 0;
+        while i < state.pending.len() {
+            if state.pending[i].key != key {
+                i += 1;
+                continue;
+            }
+            let Some(p) = state.pending.remove(i) else {
+                break;
+            };
+            state.pending_bytes -= p.bytes.len();
+            self.dec.pending_bytes_total -= p.bytes.len();
+            if self.now_ms.saturating_sub(p.arrived_ms) > limits.pending_ttl_ms {
+                self.dec.stats.held_sets_expired += 1;
+                continue;
+            }
+
+            let Some(template) = state.templates.get(&key) else {
+                break;
+            };
+            self.dec.stats.held_sets_decoded += 1;
+            let out = decode_set(
+                template,
+                &mut SetState {
+                    samplers: &mut state.samplers,
+                    init_times: &mut state.init_times,
+                    limit: limits.max_templates_per_exporter,
+                    options_refused: &mut self.dec.stats.options_refused,
+                },
+                key,
+                &p.bytes,
+                &p.base,
+                &p.time,
+                self.emit,
+            );
+            match out {
+                Ok(n) => self.result.records += n,
+                // The error belongs to an earlier datagram: counted, but it does not end this
+                // one.
+                Err((n, e)) => {
+                    self.result.records += n;
+                    self.dec.stats.errors[e.index()] += 1;
+                }
+            }
+        }
+    }
+
+    /// Withdraws one template (`Some(id)`) or every template of `kind` in the scope (`None`).
+    pub(crate) fn withdraw(&mut self, scope: Scope, id: Option<u16>, kind: TemplateKind) {
+        let Some(state) = self.dec.exporters.get_mut(&self.exporter) else {
+            return;
+        };
+        let format = scope.format as u8;
+        let before = state.templates.len();
+        match id {
+            Some(id) => {
+                state.templates.remove(&TemplateKey {
+                    format,
+                    domain: scope.domain,
+                    id,
+                });
+            }
+            None => state.templates.retain(|k, t| {
+                !(k.format == format && k.domain == scope.domain && t.kind() == kind)
+            }),
+        }
+        let removed = before - state.templates.len();
+        self.dec.templates_total -= removed;
+        self.dec.stats.templates_withdrawn += removed as u64;
+    }
+
+    /// Decodes one data set, or holds it if its template is not known yet.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::TruncatedRecord`] from the records; records before it were emitted.
+    pub(crate) fn data(
+        &mut self,
+        scope: Scope,
+        id: u16,
+        body: &[u8],
+        base: &FlowRecord,
+        time: &TimeBase,
+    ) -> Result<(), DecodeError> {
+        let key = TemplateKey {
+            format: scope.format as u8,
+            domain: scope.domain,
+            id,
+        };
+        let limits = self.dec.limits;
+        let Some(state) = exporter_state(&mut self.dec.exporters, &limits, self.exporter) else {
+            self.result.sets_without_template += 1;
+            self.dec.stats.sets_without_template += 1;
+            return Ok(());
+        };
+
+        let mut time = *time;
+        if scope.format == FlowFormat::Ipfix {
+            time.sys_init_ms = state.init_times.get(&(key.format, key.domain)).copied();
+        }
+        let Some(template) = state.templates.get(&key) else {
+            self.hold(key, body, base, &time);
+            return Ok(());
+        };
+
+        let out = decode_set(
+            template,
+            &mut SetState {
+                samplers: &mut state.samplers,
+                init_times: &mut state.init_times,
+                limit: limits.max_templates_per_exporter,
+                options_refused: &mut self.dec.stats.options_refused,
+            },
+            key,
+            body,
+            base,
+            &time,
+            self.emit,
+        );
+        match out {
+            Ok(n) => {
+                self.result.records += n;
+                Ok(())
+            }
+            Err((n, e)) => {
+                self.result.records += n;
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps a copy of a data set until its template arrives, within the bounds.
+    fn hold(&mut self, key: TemplateKey, body: &[u8], base: &FlowRecord, time: &TimeBase) {
+        let limits = self.dec.limits;
+        let len = body.len();
+        let refuse = |dec: &mut Decoder, result: &mut DatagramResult| {
+            result.sets_without_template += 1;
+            dec.stats.sets_without_template += 1;
+        };
+        if len > limits.pending_bytes_per_exporter || len > limits.pending_bytes_total {
+            return refuse(self.dec, self.result);
+        }
+        let Some(state) = self.dec.exporters.get_mut(&self.exporter) else {
+            return refuse(self.dec, self.result);
+        };
+
+        // Per exporter: the oldest held sets make room for the newest (the newest is the most
+        // likely to see its template soon).
+        while state.pending_bytes + len > limits.pending_bytes_per_exporter {
+            let Some(old) = state.pending.pop_front() else {
+                break;
+            };
+            state.pending_bytes -= old.bytes.len();
+            self.dec.pending_bytes_total -= old.bytes.len();
+            self.dec.stats.held_sets_evicted += 1;
+        }
+        // In total: one exporter must not evict another's data, so the new set is refused.
+        if self.dec.pending_bytes_total + len > limits.pending_bytes_total {
+            return refuse(self.dec, self.result);
+        }
+
+        state.pending.push_back(Pending {
+            key,
+            base: *base,
+            time: *time,
+            arrived_ms: self.now_ms,
+            bytes: body.into(),
+        });
+        state.pending_bytes += len;
+        self.dec.pending_bytes_total += len;
+        self.result.sets_held += 1;
+        self.dec.stats.sets_held += 1;
+    }
+}
+
+/// The per-exporter maps a data set may read (flow records) or write (option records).
+struct SetState<'a> {
+    samplers: &'a mut HashMap<SamplerKey, u32>,
+    init_times: &'a mut HashMap<(u8, u32), u64>,
+    limit: usize,
+    options_refused: &'a mut u64,
+}
+
+/// Decodes the records of one set with its template. Flow records are emitted; option records
+/// update the sampling rates and system-init times of the scope.
+///
+/// Returns the number of flow records emitted, with the error if one ended the set.
+fn decode_set<F: FnMut(&FlowRecord)>(
+    template: &Template,
+    st: &mut SetState<'_>,
+    key: TemplateKey,
+    body: &[u8],
+    base: &FlowRecord,
+    time: &TimeBase,
+    emit: &mut F,
+) -> Result<u32, (u32, DecodeError)> {
+    let sampler_key = |sampler| SamplerKey {
+        format: key.format,
+        domain: key.domain,
+        sampler,
+    };
+
+    if template.kind() == TemplateKind::Options {
+        let out = template.for_each_record(body, |acc: &Accum| {
+            if let Some(rate) = acc.sampling_rate() {
+                let k = sampler_key(acc.sampler_ref());
+                if st.samplers.len() < st.limit || st.samplers.contains_key(&k) {
+                    st.samplers.insert(k, rate);
+                } else {
+                    *st.options_refused += 1;
+                }
+            }
+            if let Some(init) = acc.sys_init_ms() {
+                let k = (key.format, key.domain);
+                if st.init_times.len() < st.limit || st.init_times.contains_key(&k) {
+                    st.init_times.insert(k, init);
+                } else {
+                    *st.options_refused += 1;
+                }
+            }
+        });
+        return out.map(|_| 0).map_err(|e| (0, e));
+    }
+
+    let mut emitted = 0u32;
+    let scope_rate = st.samplers.get(&sampler_key(SamplerRef::Scope)).copied();
+    let out = template.for_each_record(body, |acc: &Accum| {
+        // A sampler named in the record wins over the scope-wide announcement.
+        let rate = match acc.sampler_ref() {
+            SamplerRef::Scope => scope_rate,
+            named => st.samplers.get(&sampler_key(named)).copied().or(scope_rate),
+        };
+        let mut rec = *base;
+        acc.finish(&mut rec, time, rate);
+        emit(&rec);
+        emitted += 1;
+    });
+    match out {
+        Ok(_) => Ok(emitted),
+        Err(e) => Err((emitted, e)),
+    }
+}
+
+/// The state of `addr`, created if there is room for one more exporter.
+fn exporter_state<'m>(
+    exporters: &'m mut HashMap<SocketAddr, ExporterState>,
+    limits: &DecoderLimits,
+    addr: SocketAddr,
+) -> Option<&'m mut ExporterState> {
+    if !exporters.contains_key(&addr) && exporters.len() >= limits.max_exporters {
+        return None;
+    }
+    Some(exporters.entry(addr).or_default())
 }
 
 /// NetFlow v5: the 16-bit version field at offset 0.
 const VERSION_V5: u16 = 0x0005;
+/// NetFlow v9 (RFC 3954 § 5.1).
+const VERSION_V9: u16 = 0x0009;
+/// IPFIX (RFC 7011 § 3.1).
+const VERSION_IPFIX: u16 = 0x000a;
 
 /// Reads the 16-bit version that NetFlow v5, v9 and IPFIX all put at offset 0.
 ///

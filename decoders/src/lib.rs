@@ -21,8 +21,11 @@
 
 mod decoder;
 mod error;
+pub mod ipfix;
 pub mod netflow_v5;
+pub mod netflow_v9;
 mod record;
+pub mod template;
 
 pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
 pub use error::DecodeError;
