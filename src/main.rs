@@ -1,7 +1,84 @@
-//! The `flowplane` binary.
+//! The `flowplane` binary: `run` (the data plane), `top` (ask Valkey), `decode` (debug an
+//! exporter from a capture) and `replay` (send a capture to a collector).
+//!
+//! Commands print their answer to stdout; diagnostics and summaries go to stderr. A command that
+//! cannot start (bad configuration, unreadable file, unreachable Valkey for `top`) exits with
+//! status 1 and one clear line saying why.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
+
+mod cmd;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {}
+/// Flow telemetry data plane: NetFlow v5/v9 and IPFIX in, 1-second aggregates out to Valkey and
+/// Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "flowplane", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the data plane: receive flow exports, aggregate per second, write to the sinks.
+    ///
+    /// Stops on SIGINT or SIGTERM after flushing the open window (a second signal exits at once).
+    Run {
+        /// Configuration file (TOML). Without one, the defaults apply (see
+        /// flowplane.example.toml).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+
+    /// Top keys of a dimension by bytes over the last minute(s), or one key's per-second
+    /// series, from Valkey.
+    Top(cmd::top::TopArgs),
+
+    /// Decode a pcap / pcapng capture or a raw datagram dump and print every flow record as
+    /// one JSON object per line; a summary goes to stderr.
+    Decode(cmd::decode::DecodeArgs),
+
+    /// Send the UDP payloads of a capture to a collector.
+    Replay(cmd::replay::ReplayArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => cmd::run::run(config.as_deref()),
+        Command::Top(args) => cmd::top::top(&args),
+        Command::Decode(args) => cmd::decode::decode(&args),
+        Command::Replay(args) => cmd::replay::replay(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flowplane: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, "what failed: why", leaving out a cause whose text the
+/// message already carries (many errors print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}

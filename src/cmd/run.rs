@@ -1,0 +1,76 @@
+//! `flowplane run`: the data plane.
+
+use std::io::IsTerminal as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use flowplane::config::{Config, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Loads the configuration, starts logging, installs the signal handlers and runs the engine
+/// until SIGINT or SIGTERM.
+pub(crate) fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log)?;
+    let shutdown = install_signal_handlers()?;
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.map_or("(defaults)".into(), |p| p.display().to_string()),
+        workers = config.engine.workers,
+        dimensions = ?config.engine.dimensions,
+        "flowplane starting"
+    );
+
+    // TODO(#2): the Valkey and Kafka sinks are added here once `flowplane_sinks` lands.
+    let sinks: Vec<Box<dyn flowplane_engine::Sink>> = Vec::new();
+
+    let report = flowplane_engine::run(&config.engine, sinks, shutdown)?;
+    let c = &report.counters;
+    tracing::info!(
+        datagrams = c.workers.datagrams,
+        records = c.workers.records,
+        windows = c.windows_closed,
+        "flowplane stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logging to stderr, filtered by `RUST_LOG` when set, else by `log.level`.
+pub(crate) fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::builder()
+            .parse(&env)
+            .with_context(|| format!("RUST_LOG=`{env}` is not a log filter"))?,
+        _ => EnvFilter::builder()
+            .parse(&log.level)
+            .with_context(|| format!("invalid setting `log.level`: `{}`", log.level))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// SIGINT and SIGTERM set the returned flag, which asks the engine to flush and stop; a second
+/// signal while it is stopping exits at once (status 1).
+fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag before the second handler sets it: the first
+        // signal only sets the flag, the second (flag already true) exits.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&shutdown))
+            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown))
+            .context("cannot install the signal handler")?;
+    }
+    Ok(shutdown)
+}

@@ -1,0 +1,342 @@
+//! The flowplane configuration file (TOML).
+//!
+//! ```toml
+//! [engine]   # the data plane: listeners, workers, tables, dimensions, Z-score
+//! [valkey]   # the hot 5-minute window (enabled = true by default)
+//! [kafka]    # aggregates and alerts for OpenSearch (enabled = true by default)
+//! [log]      # level and format of flowplane's own log
+//! ```
+//!
+//! Every table and every setting is optional: with no file at all, flowplane listens on UDP 2055
+//! and 4739 and writes to Valkey and Kafka on loopback. Unknown keys are refused, in every table,
+//! so that a misspelt setting is never silently ignored. Loading is two steps, both of which name
+//! the setting they refuse: parsing (type errors and unknown keys, with the line) and
+//! [`Config::validate`] (values out of range, contradictions).
+//!
+//! Every setting is described in `docs/configuration.md`; `flowplane.example.toml` at the
+//! repository root lists them all with their defaults.
+
+use flowplane_engine::config::EngineConfig;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+// TODO(#2): placeholders until the sinks' `ValkeySinkConfig` / `KafkaSinkConfig` are committed;
+// they keep the file shape (the tables are accepted, not checked).
+type ValkeySinkConfig = toml::Table;
+type KafkaSinkConfig = toml::Table;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[engine]`: the data plane.
+    pub engine: EngineConfig,
+    /// `[valkey]`: the Valkey sink, with `enabled`.
+    pub valkey: SinkSection<ValkeySinkConfig>,
+    /// `[kafka]`: the Kafka sink, with `enabled`.
+    pub kafka: SinkSection<KafkaSinkConfig>,
+    /// `[log]`: flowplane's own log.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates a configuration file; `None` gives the defaults (still validated,
+    /// since some defaults depend on the machine).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Parse`] for TOML
+    /// syntax, type errors and unknown keys (the message names the key and the line), and
+    /// [`ConfigError::Invalid`] for a value [`Config::validate`] refuses.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = match path {
+            None => Self::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: Some(path.to_path_buf()),
+                        message,
+                    },
+                    other => other,
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses configuration text, without validating the values.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`], naming the key and line.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value of every table.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for the first value refused, named with its table
+    /// (`engine.table_capacity`, `valkey.url`, `log.level`, ...).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate().map_err(|e| ConfigError::Invalid {
+            setting: format!("engine.{}", e.setting),
+            reason: e.reason,
+        })?;
+        self.log.validate()
+    }
+}
+
+/// A sink's table: the sink's own settings plus `enabled`.
+///
+/// The sink crate owns the settings and refuses unknown keys itself; this wrapper takes
+/// `enabled` out first (serde's `flatten` cannot be combined with `deny_unknown_fields`).
+#[derive(Clone, Debug)]
+pub struct SinkSection<T> {
+    /// Whether flowplane writes to this sink. Default: `true`.
+    pub enabled: bool,
+    /// The sink's settings.
+    pub sink: T,
+}
+
+impl<T: Default> Default for SinkSection<T> {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sink: T::default(),
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for SinkSection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let enabled = match table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "invalid type for `enabled`: expected a boolean (true or false), found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        let sink = T::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(Self { enabled, sink })
+    }
+}
+
+/// `[log]`: flowplane's own log, on stderr.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives
+    /// such as `info,flowplane_sinks=debug`. `RUST_LOG`, when set, replaces it. Default `info`.
+    pub level: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line).
+    /// Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that `level` is a valid filter.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming `log.level`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&self.level)
+            .map(|_| ())
+            .map_err(|e| ConfigError::Invalid {
+                setting: "log.level".to_owned(),
+                reason: format!("`{}` is not a log filter ({e})", self.level),
+            })
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range or contradicts another.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        /// Full name, table included (`engine.table_capacity`).
+        setting: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML, a value has the wrong type, or a key is unknown.
+    #[error("{}{message}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when there is one.
+        path: Option<PathBuf>,
+        /// The TOML parser's message, which names the key and shows the line.
+        message: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_and_empty_file_give_valid_defaults() {
+        let c = Config::load(None).unwrap();
+        assert!(c.valkey.enabled && c.kafka.enabled);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.engine.listen.len(), 2);
+        Config::parse("").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn reads_every_table() {
+        let c = Config::parse(
+            r#"
+            [engine]
+            table_capacity = 1024
+            dimensions = ["src_ip+dst_port"]
+            [valkey]
+            enabled = false
+            [kafka]
+            enabled = true
+            [log]
+            level = "debug,flowplane_sinks=trace"
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.engine.table_capacity, 1024);
+        assert!(!c.valkey.enabled);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name_and_line() {
+        for (text, key, line) in [
+            ("[engine]\ntable_capacty = 1024\n", "table_capacty", 2),
+            ("\n[log]\nlevel = \"info\"\ncolour = true\n", "colour", 4),
+            ("[enigne]\n", "enigne", 1),
+            ("[engine.decoder]\nmax_exporter = 3\n", "max_exporter", 2),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("unknown field `{key}`")),
+                "{text:?}: {e}"
+            );
+            assert!(e.contains(&format!("line {line}")), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = Config::parse("[engine]\nworkers = \"four\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers") && e.contains("line 2"), "{e}");
+        let e = Config::parse("[valkey]\nenabled = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`enabled`") && e.contains("boolean"), "{e}");
+        let e = Config::parse("[log]\nformat = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xml") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let invalid = |text: &str| match Config::parse(text).unwrap().validate() {
+            Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
+            other => panic!("{text:?}: expected an invalid setting, got {other:?}"),
+        };
+
+        let (setting, reason) = invalid("[engine]\ntable_capacity = 1000\n");
+        assert_eq!(setting, "engine.table_capacity");
+        assert!(reason.contains("power of two"), "{reason}");
+
+        let (setting, reason) = invalid("[engine]\ndimensions = [\"src_ip+colour\"]\n");
+        assert_eq!(setting, "engine.dimensions");
+        assert!(reason.contains("colour"), "{reason}");
+
+        let (setting, _) = invalid("[engine.decoder]\nmax_exporters = 0\n");
+        assert_eq!(setting, "engine.decoder.max_exporters");
+
+        let (setting, _) = invalid("[log]\nlevel = \"info,=[\"\n");
+        assert_eq!(setting, "log.level");
+
+        let msg = Config::parse("[engine]\ntable_capacity = 1000\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid setting `engine.table_capacity`: 1000 is not a power of two"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("flowplane-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[engine]\nlisten = 5\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+        assert!(e.contains("listen"), "{e}");
+
+        let e = Config::load(Some(Path::new("/nonexistent/flowplane.toml"))).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/flowplane.toml"), "{e}");
+    }
+}
