@@ -26,6 +26,8 @@ pub mod netflow_v5;
 pub mod netflow_v9;
 mod record;
 pub mod template;
+#[cfg(test)]
+mod testutil;
 
 pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
 pub use error::DecodeError;

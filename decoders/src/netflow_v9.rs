@@ -287,3 +287,242 @@ fn read_specs(record: &[u8], specs: &mut Vec<FieldSpec>) {
             }),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{cat, exporter, run, set, tpl, v9, v9_opt_tpl};
+    use crate::{Decoder, DecoderLimits};
+
+    /// One template FlowSet and one data FlowSet with two records and two bytes of padding,
+    /// laid out by hand from RFC 3954 §§ 5.1–5.3.
+    static DATAGRAM: [u8; 140] = [
+        0x00, 0x09, 0x00, 0x03, // version 9, count 3 (1 template + 2 data records)
+        0x00, 0x01, 0x86, 0xa0, // sys_uptime 100 000 ms
+        0x65, 0x53, 0xf1, 0x00, // unix_secs 1_700_000_000
+        0x00, 0x00, 0x00, 0x01, // sequence 1
+        0x00, 0x00, 0x00, 0x2a, // source id 42
+        // Template FlowSet: id 0, length 52.
+        0x00, 0x00, 0x00, 0x34, //
+        0x01, 0x00, 0x00, 0x0b, // template 256, 11 fields
+        0x00, 0x08, 0x00, 0x04, // IPV4_SRC_ADDR
+        0x00, 0x0c, 0x00, 0x04, // IPV4_DST_ADDR
+        0x00, 0x07, 0x00, 0x02, // L4_SRC_PORT
+        0x00, 0x0b, 0x00, 0x02, // L4_DST_PORT
+        0x00, 0x04, 0x00, 0x01, // PROTOCOL
+        0x00, 0x06, 0x00, 0x01, // TCP_FLAGS
+        0x00, 0x05, 0x00, 0x01, // SRC_TOS
+        0x00, 0x02, 0x00, 0x04, // IN_PKTS
+        0x00, 0x01, 0x00, 0x04, // IN_BYTES
+        0x00, 0x16, 0x00, 0x04, // FIRST_SWITCHED
+        0x00, 0x15, 0x00, 0x04, // LAST_SWITCHED
+        // Data FlowSet: template 256, length 68 (2 x 31 + 2 padding).
+        0x01, 0x00, 0x00, 0x44, //
+        10, 0, 0, 1, 10, 0, 0, 2, // 10.0.0.1 -> 10.0.0.2
+        0x04, 0xd2, 0x00, 0x50, // 1234 -> 80
+        0x06, 0x1b, 0x10, // tcp, flags, tos
+        0x00, 0x00, 0x00, 0x0a, // 10 packets
+        0x00, 0x00, 0x05, 0xdc, // 1500 bytes
+        0x00, 0x01, 0x38, 0x80, // first 80 000
+        0x00, 0x01, 0x82, 0xb8, // last 99 000
+        192, 168, 1, 1, 192, 168, 1, 2, //
+        0x00, 0x35, 0xd4, 0x31, // 53 -> 54321
+        0x11, 0x00, 0x00, // udp
+        0x00, 0x00, 0x00, 0x01, //
+        0x00, 0x00, 0x00, 0x40, //
+        0x00, 0x01, 0x86, 0xa0, // first = uptime
+        0x00, 0x01, 0x86, 0xa0, //
+        0x00, 0x00, // padding
+    ];
+
+    const EXPORT_MS: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn reads_every_header_field() {
+        let p = Packet::new_checked(&DATAGRAM[..]).unwrap();
+        assert_eq!(p.version(), 9);
+        assert_eq!(p.count(), 3);
+        assert_eq!(p.sys_uptime(), 100_000);
+        assert_eq!(p.unix_secs(), 1_700_000_000);
+        assert_eq!(p.sequence(), 1);
+        assert_eq!(p.source_id(), 42);
+        assert_eq!(p.payload().len(), 120);
+        assert_eq!(
+            Packet::new_checked(&DATAGRAM[..19]).unwrap_err(),
+            DecodeError::Truncated
+        );
+        let mut v10 = DATAGRAM;
+        v10[1] = 10;
+        assert_eq!(
+            Packet::new_checked(&v10[..]).unwrap_err(),
+            DecodeError::BadVersion
+        );
+    }
+
+    #[test]
+    fn parses_template_and_data() {
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let (r, recs) = run(&mut dec, exporter(), 0, &DATAGRAM);
+        assert_eq!(r.error, None);
+        assert_eq!(r.format, Some(FlowFormat::NetflowV9));
+        assert_eq!(recs.len(), 2);
+
+        let a = &recs[0];
+        assert_eq!(a.src_ip().to_string(), "10.0.0.1");
+        assert_eq!(a.dst_ip().to_string(), "10.0.0.2");
+        assert_eq!((a.src_port, a.dst_port, a.protocol), (1234, 80, 6));
+        assert_eq!((a.tcp_flags, a.tos), (0x1b, 0x10));
+        assert_eq!((a.packets, a.bytes), (10, 1500));
+        assert_eq!(a.start_ms, EXPORT_MS - 20_000);
+        assert_eq!(a.end_ms, EXPORT_MS - 1_000);
+        assert_eq!((a.domain_id, a.ip_version, a.sampling_rate), (42, 4, 1));
+        assert_eq!(a.flow_format(), FlowFormat::NetflowV9);
+        assert_eq!(a.exporter_ip(), exporter().ip());
+        assert_eq!(a.exporter_port, exporter().port());
+
+        let b = &recs[1];
+        assert_eq!((b.src_port, b.dst_port, b.protocol), (53, 54_321, 17));
+        assert_eq!((b.start_ms, b.end_ms), (EXPORT_MS, EXPORT_MS));
+        assert_eq!(dec.stats().templates_learned, 1);
+    }
+
+    #[test]
+    fn reads_flowsets_after_the_header_count() {
+        // The header says 1 record, but a template and two data FlowSets follow.
+        let t = set(0, &tpl(300, &[(1, 4), (2, 4)]));
+        let d1 = set(300, &[0, 0, 0, 100, 0, 0, 0, 1]);
+        let d2 = set(300, &[0, 0, 0, 200, 0, 0, 0, 2]);
+        let dg = v9(1, 1_000, 1_000, 1, &[t, d1, d2]);
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let (r, recs) = run(&mut dec, exporter(), 0, &dg);
+        assert_eq!(r.error, None);
+        let bytes: Vec<u64> = recs.iter().map(|r| r.bytes).collect();
+        assert_eq!(bytes, vec![100, 200]);
+    }
+
+    #[test]
+    fn handles_uptime_wrap() {
+        // Uptime wrapped 1 s ago; the flow started 1 s before the wrap.
+        let t = set(0, &tpl(300, &[(22, 4), (21, 4)]));
+        let d = set(300, &[0xff, 0xff, 0xfc, 0x18, 0x00, 0x00, 0x01, 0xf4]);
+        let dg = v9(1, 1_000, 1_700_000_000, 2, &[t, d]);
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let (_, recs) = run(&mut dec, exporter(), 0, &dg);
+        assert_eq!(recs[0].start_ms, EXPORT_MS - 2_000);
+        assert_eq!(recs[0].end_ms, EXPORT_MS - 500);
+    }
+
+    #[test]
+    fn attaches_sampling_announced_in_options_data() {
+        // Options template 257: scope System (type 1, 4 bytes), FLOW_SAMPLER_ID (48, 1 byte),
+        // FLOW_SAMPLER_RANDOM_INTERVAL (50, 4 bytes). Options template 258: System scope and
+        // SAMPLING_INTERVAL (34) only, for the whole source id.
+        let ot = set(
+            1,
+            &cat(&[
+                &v9_opt_tpl(257, &[(1, 4)], &[(48, 1), (50, 4)]),
+                &v9_opt_tpl(258, &[(1, 4)], &[(34, 4)]),
+            ]),
+        );
+        let od = set(
+            257,
+            &[
+                0, 0, 0, 0, 1, 0, 0, 0, 100, // sampler 1: 1 in 100
+                0, 0, 0, 0, 2, 0, 0, 0x03, 0xe8, // sampler 2: 1 in 1000
+                0, 0, // padding
+            ],
+        );
+        let od2 = set(258, &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 10]);
+        // Data template with FLOW_SAMPLER_ID, and one without.
+        let t = set(
+            0,
+            &cat(&[&tpl(300, &[(1, 4), (48, 1)]), &tpl(301, &[(1, 4)])]),
+        );
+        let d = set(300, &[0, 0, 0, 1, 1, 0, 0, 0, 2, 2, 0, 0, 0, 3, 9]);
+        let d2 = set(301, &[0, 0, 0, 4]);
+        let dg = v9(5, 1_000, 1_000, 0, &[ot, od, od2, t, d, d2]);
+
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let (r, recs) = run(&mut dec, exporter(), 0, &dg);
+        assert_eq!(r.error, None);
+        let got: Vec<(u64, u32)> = recs.iter().map(|r| (r.bytes, r.sampling_rate)).collect();
+        // Sampler 9 was never announced: the source-wide rate applies.
+        assert_eq!(got, vec![(1, 100), (2, 1000), (3, 10), (4, 10)]);
+        // The scope field (System = 0xffffffff) was not read as a byte counter.
+        assert!(recs.iter().all(|r| r.bytes < 5));
+    }
+
+    #[test]
+    fn holds_data_until_its_template_arrives() {
+        let d = set(300, &[0, 0, 0, 42]);
+        let t = set(0, &tpl(300, &[(1, 4)]));
+        let mut dec = Decoder::new(DecoderLimits::default());
+
+        // Same datagram: data first, template after.
+        let dg = v9(1, 1_000, 1_000, 2, &[d.clone(), t.clone()]);
+        let (r, recs) = run(&mut dec, exporter(), 0, &dg);
+        assert_eq!((r.sets_held, r.records, r.error), (1, 1, None));
+        assert_eq!(recs[0].bytes, 42);
+
+        // Later datagram, other source id (so template 300 is unknown there).
+        let dg = v9(2, 1_000, 1_000, 1, std::slice::from_ref(&d));
+        let (r, _) = run(&mut dec, exporter(), 10, &dg);
+        assert_eq!((r.sets_held, r.records), (1, 0));
+        let dg = v9(2, 1_000, 1_000, 1, &[t]);
+        let (r, recs) = run(&mut dec, exporter(), 20, &dg);
+        assert_eq!((r.records, recs[0].domain_id), (1, 2));
+        assert_eq!(dec.stats().held_sets_decoded, 2);
+        assert_eq!(dec.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn refuses_bad_templates() {
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let cases = [
+            set(0, &tpl(300, &[])),                                    // no fields
+            set(0, &tpl(300, &[(1, 0), (2, 0)])),                      // record length 0
+            set(0, &tpl(255, &[(1, 4)])),                              // reserved id
+            set(0, &[0x01, 0x2c, 0x00, 0x09, 0, 1, 0, 4]),             // count past the set
+            set(1, &[0x01, 0x2c, 0x00, 0x03, 0x00, 0x04, 0, 1, 0, 4]), // scope length not x4
+        ];
+        for (i, s) in cases.iter().enumerate() {
+            let dg = v9(1, 0, 0, 1, std::slice::from_ref(s));
+            let (r, _) = run(&mut dec, exporter(), 0, &dg);
+            assert_eq!(r.error, Some(DecodeError::BadTemplate), "case {i}");
+        }
+        assert_eq!(
+            dec.stats().errors[DecodeError::BadTemplate.index()],
+            cases.len() as u64
+        );
+        assert_eq!(dec.templates(), 0);
+    }
+
+    #[test]
+    fn refuses_bad_flowset_lengths_after_good_records() {
+        let t = set(0, &tpl(300, &[(1, 4)]));
+        let d = set(300, &[0, 0, 0, 1]);
+        for bad in [
+            &[0x01, 0x2c, 0, 0][..],
+            &[0x01, 0x2c, 0, 3],
+            &[0x01, 0x2c, 0, 12, 0, 0],
+        ] {
+            let dg = cat(&[&v9(1, 0, 0, 2, &[t.clone(), d.clone()]), bad]);
+            let mut dec = Decoder::new(DecoderLimits::default());
+            let (r, _) = run(&mut dec, exporter(), 0, &dg);
+            assert_eq!((r.records, r.error), (1, Some(DecodeError::BadSetLength)));
+        }
+        // 1 to 3 trailing bytes are datagram padding.
+        let dg = cat(&[&v9(1, 0, 0, 2, &[t, d]), &[0, 0]]);
+        let mut dec = Decoder::new(DecoderLimits::default());
+        assert_eq!(run(&mut dec, exporter(), 0, &dg).0.error, None);
+    }
+
+    #[test]
+    fn a_set_without_one_whole_record_is_truncated() {
+        let t = set(0, &tpl(300, &[(1, 4), (2, 4)]));
+        let d = set(300, &[0, 0, 0, 1, 0]);
+        let mut dec = Decoder::new(DecoderLimits::default());
+        let (r, _) = run(&mut dec, exporter(), 0, &v9(1, 0, 0, 2, &[t, d]));
+        assert_eq!(r.error, Some(DecodeError::TruncatedRecord));
+    }
+}

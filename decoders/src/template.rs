@@ -350,6 +350,10 @@ pub enum TemplateError {
 /// keeps a template's memory (4 bytes per field, twice) small and predictable.
 pub const MAX_TEMPLATE_FIELDS: usize = 1_024;
 
+/// Shortest remainder of a set that cannot be alignment padding (which is at most 3 bytes for
+/// a 32-bit boundary).
+const MAX_ALIGN_PADDING: usize = 4;
+
 /// Largest record a set can hold: a set length is 16 bits and includes a 4-byte header.
 const MAX_RECORD_LEN: usize = u16::MAX as usize - field::HEADER_LEN;
 
@@ -478,8 +482,8 @@ impl Template {
     ///
     /// # Errors
     ///
-    /// [`DecodeError::TruncatedRecord`] when a variable-length field runs past the set. Records
-    /// before it were delivered.
+    /// [`DecodeError::TruncatedRecord`] when a variable-length field runs past the set, or the
+    /// set holds no whole record but 4 bytes or more. Records before it were delivered.
     ///
     /// [RFC 7011 § 3.3.1]: https://www.rfc-editor.org/rfc/rfc7011#section-3.3.1
     pub fn for_each_record<F: FnMut(&Accum)>(
@@ -506,6 +510,14 @@ impl Template {
             n += 1;
             // used >= min_len >= 1: the loop always advances.
             rest = &rest[used..];
+        }
+        // What is left is shorter than a record. After at least one record it is padding:
+        // RFC 3954 § 5.3 pads to a 32-bit boundary, RFC 7011 § 3.3.1 to any alignment, and
+        // nProbe leaves longer stray bytes after its last record (accepted: the records before
+        // are whole). A set holding no whole record but more than alignment padding, though,
+        // is a record cut short.
+        if n == 0 && rest.len() >= MAX_ALIGN_PADDING {
+            return Err(DecodeError::TruncatedRecord);
         }
         Ok(n)
     }
