@@ -326,6 +326,32 @@ mod tests {
     }
 
     #[test]
+    fn example_file_lists_every_setting_at_its_default() {
+        let text = include_str!("../flowplane.example.toml");
+        let mut example = Config::parse(text).unwrap();
+        example.validate().unwrap();
+        let default = Config::default();
+        // `workers` depends on the machine, so the example leaves it commented out.
+        example.engine.workers = default.engine.workers;
+        assert_eq!(format!("{example:?}"), format!("{default:?}"));
+
+        // Every field name in the defaults' debug form appears in the example as a setting or a
+        // table; `sink` is the wrapper of a sink's own settings, not a key.
+        let debug = format!("{default:?}");
+        let names = debug
+            .split(|c: char| !(c.is_ascii_lowercase() || c == '_' || c == ':'))
+            .filter_map(|w| w.strip_suffix(':'))
+            .filter(|w| !w.is_empty() && *w != "sink" && !w.contains(':'));
+        for name in names {
+            let listed = text.contains(&format!("\n{name} = "))
+                || text.contains(&format!("\n# {name} = "))
+                || text.contains(&format!("[{name}]"))
+                || text.contains(&format!(".{name}]"));
+            assert!(listed, "`{name}` is missing from flowplane.example.toml");
+        }
+    }
+
+    #[test]
     fn load_names_the_file() {
         let path =
             std::env::temp_dir().join(format!("flowplane-config-{}.toml", std::process::id()));
