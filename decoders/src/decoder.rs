@@ -209,6 +209,11 @@ impl Decoder {
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes_total
     }
+
+    /// Data sets currently held waiting for their template.
+    pub fn pending_sets(&self) -> usize {
+        self.exporters.values().map(|s| s.pending.len()).sum()
+    }
 }
 
 /// Identifies a template: exporter-local part of the scope (the exporter is the outer key).
@@ -677,5 +682,443 @@ mod tests {
         assert_eq!(seen[0].exporter_port, 40000);
         assert_eq!(seen[0].sampling_rate, 1);
         assert_eq!(d.stats().records, 1);
+    }
+
+    use crate::testutil::{cat, ipfix, run, set, tpl, v9};
+
+    fn from(port: u16) -> SocketAddr {
+        SocketAddr::new("192.0.2.7".parse().unwrap(), port)
+    }
+
+    #[test]
+    fn scopes_templates_by_exporter_port_and_domain() {
+        let mut d = Decoder::new(DecoderLimits::default());
+        let t = set(2, &tpl(256, &[(1, 4)]));
+        let data = set(256, &[0, 0, 0, 9]);
+        run(&mut d, from(1000), 0, &ipfix(1, 0, &[t]));
+
+        assert_eq!(
+            run(
+                &mut d,
+                from(1000),
+                0,
+                &ipfix(1, 0, std::slice::from_ref(&data))
+            )
+            .0
+            .records,
+            1
+        );
+        // Same address, other port: another exporter.
+        assert_eq!(
+            run(
+                &mut d,
+                from(1001),
+                0,
+                &ipfix(1, 0, std::slice::from_ref(&data))
+            )
+            .0
+            .sets_held,
+            1
+        );
+        // Same exporter, other domain.
+        assert_eq!(
+            run(
+                &mut d,
+                from(1000),
+                0,
+                &ipfix(2, 0, std::slice::from_ref(&data))
+            )
+            .0
+            .sets_held,
+            1
+        );
+        // Same exporter and domain, NetFlow v9: templates of one format do not serve the other.
+        let v9_data = set(256, &[0, 0, 0, 9]);
+        assert_eq!(
+            run(&mut d, from(1000), 0, &v9(1, 0, 0, 1, &[v9_data]))
+                .0
+                .sets_held,
+            1
+        );
+    }
+
+    #[test]
+    fn a_new_definition_replaces_the_old() {
+        let mut d = Decoder::new(DecoderLimits::default());
+        let t1 = set(2, &tpl(256, &[(1, 4)]));
+        let t2 = set(2, &tpl(256, &[(2, 2), (1, 2)]));
+        let data = set(256, &[0, 3, 0, 9]);
+        let (_, a) = run(
+            &mut d,
+            from(1),
+            0,
+            &ipfix(1, 0, &[t1, data.clone(), t2, data]),
+        );
+        assert_eq!((a[0].bytes, a[0].packets), (0x0003_0009, 0));
+        assert_eq!((a[1].bytes, a[1].packets), (9, 3));
+        assert_eq!(d.templates(), 1);
+        assert_eq!(d.stats().templates_learned, 2);
+    }
+
+    #[test]
+    fn refuses_zero_length_templates_and_counts_them() {
+        let mut d = Decoder::new(DecoderLimits::default());
+        let t = set(2, &tpl(256, &[(1, 0)]));
+        let (r, _) = run(&mut d, from(1), 0, &ipfix(1, 0, &[t]));
+        assert_eq!(r.error, Some(DecodeError::BadTemplate));
+        assert_eq!(d.stats().errors[DecodeError::BadTemplate.index()], 1);
+        assert_eq!(d.templates(), 0);
+    }
+
+    #[test]
+    fn expires_held_data_after_the_ttl() {
+        let limits = DecoderLimits {
+            pending_ttl_ms: 1_000,
+            ..DecoderLimits::default()
+        };
+        let mut d = Decoder::new(limits);
+        let data = set(256, &[0, 0, 0, 9]);
+        run(
+            &mut d,
+            from(1),
+            10_000,
+            &ipfix(1, 0, std::slice::from_ref(&data)),
+        );
+        assert!(d.pending_bytes() > 0);
+        d.expire(10_500);
+        assert_eq!(d.stats().held_sets_expired, 0);
+        d.expire(11_001);
+        assert_eq!(d.stats().held_sets_expired, 1);
+        assert_eq!(d.pending_bytes(), 0);
+
+        // Expired while waiting, without a call to expire: counted when the template comes.
+        run(&mut d, from(1), 20_000, &ipfix(1, 0, &[data]));
+        let (r, _) = run(
+            &mut d,
+            from(1),
+            22_000,
+            &ipfix(1, 0, &[set(2, &tpl(256, &[(1, 4)]))]),
+        );
+        assert_eq!(r.records, 0);
+        assert_eq!(d.stats().held_sets_expired, 2);
+        assert_eq!(d.stats().held_sets_decoded, 0);
+    }
+
+    #[test]
+    fn bounds_held_data_per_exporter_and_in_total() {
+        let limits = DecoderLimits {
+            pending_bytes_per_exporter: 20,
+            pending_bytes_total: 30,
+            ..DecoderLimits::default()
+        };
+        let mut d = Decoder::new(limits);
+        let eight = |id: u16| set(id, &[0, 0, 0, 1, 0, 0, 0, 2]);
+        for id in 256..259 {
+            run(&mut d, from(1), 0, &ipfix(1, 0, &[eight(id)]));
+        }
+        // Two 8-byte bodies fit in 20; the third evicted the oldest.
+        assert_eq!((d.stats().sets_held, d.stats().held_sets_evicted), (3, 1));
+        assert_eq!(d.pending_bytes(), 16);
+        // Another exporter: 16 + 8 fits in 30, then 16 + 16 does not.
+        run(&mut d, from(2), 0, &ipfix(1, 0, &[eight(256)]));
+        let (r, _) = run(&mut d, from(2), 0, &ipfix(1, 0, &[eight(257)]));
+        assert_eq!(r.sets_without_template, 1);
+        assert_eq!(d.stats().sets_without_template, 1);
+        // A body larger than the per-exporter bound is never held.
+        let (r, _) = run(&mut d, from(3), 0, &ipfix(1, 0, &[set(256, &[0; 24])]));
+        assert_eq!(r.sets_without_template, 1);
+        // The evicted set does not come back; the two kept ones decode.
+        let t = set(2, &cat(&[&tpl(257, &[(1, 4)]), &tpl(258, &[(1, 4)])]));
+        let (r, _) = run(&mut d, from(1), 0, &ipfix(1, 0, &[t]));
+        assert_eq!(r.records, 4);
+    }
+
+    #[test]
+    fn bounds_templates_and_exporters() {
+        let limits = DecoderLimits {
+            max_exporters: 2,
+            max_templates_per_exporter: 2,
+            max_templates_total: 3,
+            ..DecoderLimits::default()
+        };
+        let mut d = Decoder::new(limits);
+        let three = set(
+            2,
+            &cat(&[
+                &tpl(256, &[(1, 4)]),
+                &tpl(257, &[(1, 4)]),
+                &tpl(258, &[(1, 4)]),
+            ]),
+        );
+        run(
+            &mut d,
+            from(1),
+            0,
+            &ipfix(1, 0, std::slice::from_ref(&three)),
+        );
+        assert_eq!((d.templates(), d.stats().templates_refused), (2, 1));
+        // Redefining a kept template is always allowed.
+        run(
+            &mut d,
+            from(1),
+            0,
+            &ipfix(1, 0, &[set(2, &tpl(256, &[(2, 4)]))]),
+        );
+        assert_eq!((d.templates(), d.stats().templates_refused), (2, 1));
+        run(
+            &mut d,
+            from(2),
+            0,
+            &ipfix(1, 0, std::slice::from_ref(&three)),
+        );
+        assert_eq!((d.templates(), d.stats().templates_refused), (3, 3));
+        // A third exporter has no room at all: templates refused, data dropped and counted.
+        let (r, _) = run(
+            &mut d,
+            from(3),
+            0,
+            &ipfix(1, 0, &[three, set(256, &[0, 0, 0, 1])]),
+        );
+        assert_eq!(
+            (r.sets_without_template, d.stats().templates_refused),
+            (1, 6)
+        );
+        // v5 needs no state and is not refused.
+        let mut v5 = vec![0u8; 24 + 48];
+        v5[1] = 5;
+        v5[3] = 1;
+        assert_eq!(run(&mut d, from(4), 0, &v5).0.records, 1);
+    }
+
+    #[test]
+    fn expire_forgets_exporters_without_state() {
+        let mut d = Decoder::new(DecoderLimits {
+            max_exporters: 1,
+            pending_ttl_ms: 10,
+            ..DecoderLimits::default()
+        });
+        run(&mut d, from(1), 0, &ipfix(1, 0, &[set(256, &[0, 0, 0, 1])]));
+        let (r, _) = run(&mut d, from(2), 0, &ipfix(1, 0, &[set(256, &[0, 0, 0, 1])]));
+        assert_eq!(r.sets_without_template, 1);
+        d.expire(100);
+        let (r, _) = run(
+            &mut d,
+            from(2),
+            100,
+            &ipfix(1, 0, &[set(256, &[0, 0, 0, 1])]),
+        );
+        assert_eq!(r.sets_held, 1);
+    }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testutil::{cat, ipfix, ipfix_opt_tpl, set, tpl, v9, v9_opt_tpl};
+
+        /// Valid datagrams of every format, to be mutated.
+        fn seeds() -> Vec<Vec<u8>> {
+            let mut v5 = vec![0u8; 24 + 2 * 48];
+            v5[1] = 5;
+            v5[3] = 2;
+            v5[22] = 0x40;
+            v5[23] = 0x10;
+            let v9_t = set(
+                0,
+                &cat(&[&tpl(
+                    256,
+                    &[(8, 4), (12, 4), (1, 4), (2, 4), (22, 4), (21, 4), (48, 1)],
+                )]),
+            );
+            let v9_ot = set(1, &v9_opt_tpl(257, &[(1, 4)], &[(48, 1), (34, 4)]));
+            let v9_od = set(257, &[0, 0, 0, 0, 1, 0, 0, 0, 64, 0, 0, 0]);
+            let v9_d = set(256, &[1; 50]);
+            // Template 300: protocol, a variable-length string, octets, and an enterprise
+            // element (E bit, PEN 9).
+            let mut t300 = tpl(300, &[(4, 1), (82, 0xffff), (1, 8), (0x8001, 2)]);
+            t300.extend_from_slice(&[0, 0, 0, 9]);
+            let ipfix_t = set(2, &t300);
+            let ipfix_ot = set(3, &ipfix_opt_tpl(301, &[(302, 4)], &[(305, 4), (306, 4)]));
+            let ipfix_od = set(301, &[0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9]);
+            let ipfix_d = set(
+                300,
+                &[6, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 17, 255],
+            );
+            vec![
+                v5,
+                v9(
+                    1,
+                    5_000,
+                    1_000,
+                    4,
+                    &[v9_d.clone(), v9_t, v9_ot, v9_od, v9_d],
+                ),
+                ipfix(
+                    7,
+                    1_000,
+                    &[ipfix_d.clone(), ipfix_t, ipfix_ot, ipfix_od, ipfix_d],
+                ),
+                ipfix(7, 1_000, &[set(2, &[0, 2, 0, 0]), set(3, &[0, 3, 0, 0])]),
+            ]
+        }
+
+        #[test]
+        fn seeds_decode_cleanly() {
+            let mut d = Decoder::new(DecoderLimits::default());
+            let from: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+            let got: Vec<(u32, Option<DecodeError>)> = seeds()
+                .iter()
+                .map(|dg| {
+                    let r = d.decode(from, 0, dg, |_| {});
+                    (r.records, r.error)
+                })
+                .collect();
+            assert_eq!(got, vec![(2, None), (4, None), (2, None), (0, None)]);
+            assert_eq!(d.stats().templates_withdrawn, 2);
+        }
+
+        #[derive(Clone, Debug)]
+        enum Input {
+            Random(Vec<u8>),
+            Mutated {
+                seed: usize,
+                edits: Vec<(usize, u8)>,
+                cut: usize,
+            },
+            Prefixed {
+                version: u16,
+                body: Vec<u8>,
+                fix_len: bool,
+            },
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300).prop_map(Input::Random),
+                (
+                    0usize..4,
+                    proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                    any::<usize>()
+                )
+                    .prop_map(|(seed, edits, cut)| Input::Mutated {
+                        seed,
+                        edits,
+                        cut
+                    }),
+                (
+                    prop_oneof![Just(5u16), Just(9), Just(10)],
+                    proptest::collection::vec(any::<u8>(), 0..200),
+                    any::<bool>()
+                )
+                    .prop_map(|(version, body, fix_len)| Input::Prefixed {
+                        version,
+                        body,
+                        fix_len
+                    }),
+            ]
+        }
+
+        fn bytes(input: &Input, seeds: &[Vec<u8>]) -> Vec<u8> {
+            match input {
+                Input::Random(b) => b.clone(),
+                Input::Mutated { seed, edits, cut } => {
+                    let mut b = seeds[*seed % seeds.len()].clone();
+                    for (at, val) in edits {
+                        let n = b.len();
+                        b[at % n] = *val;
+                    }
+                    // Mostly keep the whole datagram; sometimes cut it short.
+                    if cut % 4 == 0 {
+                        b.truncate(cut / 4 % (b.len() + 1));
+                    }
+                    b
+                }
+                Input::Prefixed {
+                    version,
+                    body,
+                    fix_len,
+                } => {
+                    let mut b = version.to_be_bytes().to_vec();
+                    b.extend_from_slice(body);
+                    if *fix_len && b.len() >= 4 {
+                        let len = u16::try_from(b.len()).unwrap().to_be_bytes();
+                        b[2..4].copy_from_slice(&len);
+                    }
+                    b
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn never_panics_and_keeps_its_books(
+                inputs in proptest::collection::vec((input(), 0u8..3, 0u64..3_000), 1..12),
+            ) {
+                let seeds = seeds();
+                let limits = DecoderLimits {
+                    max_exporters: 2,
+                    max_templates_per_exporter: 4,
+                    max_templates_total: 6,
+                    pending_bytes_per_exporter: 200,
+                    pending_bytes_total: 300,
+                    pending_ttl_ms: 1_000,
+                };
+                let mut d = Decoder::new(limits);
+                let (mut now, mut records, mut bytes_in, mut with_error) = (0u64, 0u64, 0u64, 0u64);
+                let (mut held, mut without) = (0u64, 0u64);
+
+                for (inp, exp, step) in &inputs {
+                    let dg = bytes(inp, &seeds);
+                    let from = SocketAddr::new("192.0.2.1".parse().unwrap(), 1000 + u16::from(*exp));
+                    now += step;
+                    let pending_before = d.pending_bytes() as u64;
+                    let mut emitted = 0u64;
+                    let r = d.decode(from, now, &dg, |rec| {
+                        emitted += 1;
+                        assert_eq!(rec.exporter_port, from.port());
+                        assert!(rec.sampling_rate >= 1);
+                        assert!(matches!(rec.ip_version, 0 | 4 | 6));
+                    });
+                    prop_assert_eq!(u64::from(r.records), emitted);
+                    // Every record consumes at least one byte of this datagram or of held data.
+                    prop_assert!(emitted <= dg.len() as u64 + pending_before);
+                    if r.format == Some(FlowFormat::NetflowV5) {
+                        prop_assert!(emitted <= 30);
+                    }
+                    if r.format.is_none() {
+                        prop_assert_eq!(emitted, 0);
+                    }
+                    records += emitted;
+                    bytes_in += dg.len() as u64;
+                    with_error += u64::from(r.error.is_some());
+                    held += u64::from(r.sets_held);
+                    without += u64::from(r.sets_without_template);
+                    if step % 3 == 0 {
+                        d.expire(now);
+                    }
+
+                    let s = *d.stats();
+                    prop_assert!(d.pending_bytes() <= limits.pending_bytes_total);
+                    prop_assert!(d.templates() <= limits.max_templates_total);
+                    prop_assert_eq!(
+                        s.sets_held,
+                        s.held_sets_decoded + s.held_sets_expired + s.held_sets_evicted
+                            + d.pending_sets() as u64
+                    );
+                }
+
+                let s = d.stats();
+                prop_assert_eq!(s.datagrams, inputs.len() as u64);
+                prop_assert_eq!(s.records, records);
+                prop_assert!(records <= bytes_in);
+                prop_assert_eq!((s.sets_held, s.sets_without_template), (held, without));
+                let errors: u64 = s.errors.iter().sum();
+                // Errors of held sets are counted when they are decoded, not in the result.
+                prop_assert!(errors >= with_error);
+                prop_assert!(errors - with_error <= s.held_sets_decoded);
+            }
+        }
     }
 }
