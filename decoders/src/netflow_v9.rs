@@ -511,10 +511,14 @@ mod tests {
             let (r, _) = run(&mut dec, exporter(), 0, &dg);
             assert_eq!((r.records, r.error), (1, Some(DecodeError::BadSetLength)));
         }
-        // 1 to 3 trailing bytes are datagram padding.
-        let dg = cat(&[&v9(1, 0, 0, 2, &[t, d]), &[0, 0]]);
-        let mut dec = Decoder::new(DecoderLimits::default());
-        assert_eq!(run(&mut dec, exporter(), 0, &dg).0.error, None);
+        // 1 to 3 trailing bytes are datagram padding, and so is a zero-filled tail (Cisco ACI
+        // sends its templates in a zero-filled 256-byte datagram).
+        for tail in [&[0u8, 0][..], &[0; 40]] {
+            let dg = cat(&[&v9(1, 0, 0, 2, &[t.clone(), d.clone()]), tail]);
+            let mut dec = Decoder::new(DecoderLimits::default());
+            let (r, _) = run(&mut dec, exporter(), 0, &dg);
+            assert_eq!((r.records, r.error), (1, None));
+        }
     }
 
     #[test]

@@ -119,8 +119,8 @@ pub struct Sets<'a> {
 
 impl<'a> Sets<'a> {
     /// Sets packed one after another in `body`. With `allow_short_tail`, 1 to 3 trailing bytes
-    /// that cannot hold a set header are accepted as padding (NetFlow v9 has no message length,
-    /// and some exporters pad the datagram to a multiple of four bytes).
+    /// that cannot hold a set header, or trailing bytes that are all zero, are accepted as
+    /// padding (NetFlow v9 has no message length, and some exporters pad the datagram).
     pub fn new(body: &'a [u8], allow_short_tail: bool) -> Self {
         Self {
             rest: body,
@@ -137,7 +137,12 @@ impl<'a> Iterator for Sets<'a> {
         if self.done || self.rest.is_empty() {
             return None;
         }
-        if self.allow_short_tail && self.rest.len() < field::HEADER_LEN {
+        // NetFlow v9 only (no message length): a short tail, or a tail of zero bytes, is
+        // datagram padding. Cisco ACI sends its templates in a zero-filled 256-byte datagram;
+        // a zero tail cannot hold a set (set length 0), so nothing is lost by stopping.
+        if self.allow_short_tail
+            && (self.rest.len() < field::HEADER_LEN || self.rest.iter().all(|b| *b == 0))
+        {
             self.done = true;
             return None;
         }
@@ -862,8 +867,16 @@ mod tests {
             assert_eq!(it.next(), Some(Err(DecodeError::BadSetLength)), "{body:?}");
             assert_eq!(it.next(), None);
         }
-        // v9 accepts a short tail as datagram padding.
+        // v9 accepts a short tail, or a zero tail, as datagram padding.
         assert_eq!(Sets::new(&[0, 0], true).next(), None);
+        assert_eq!(Sets::new(&[0; 12], true).next(), None);
+        let mut it = Sets::new(&[0, 0, 0, 0, 0, 1], true);
+        assert_eq!(it.next(), Some(Err(DecodeError::BadSetLength)));
+        // IPFIX does not.
+        assert_eq!(
+            Sets::new(&[0; 12], false).next(),
+            Some(Err(DecodeError::BadSetLength))
+        );
     }
 
     #[test]
