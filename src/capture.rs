@@ -32,6 +32,7 @@
 //! packet (a capture still being written, or a killed `tcpdump`) ends the packets there and sets
 //! [`Capture::truncated_file`].
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -82,8 +83,9 @@ impl Container {
 /// Packets of a capture that yielded no datagram, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Skipped {
-    /// IPv4 fragments other than the first, and IPv6 fragments with a non-zero offset. Their
-    /// bytes cannot be read as UDP without reassembly.
+    /// Fragments of UDP datagrams that could not be reassembled: pieces missing at the end of
+    /// the capture, fragments that disagree, or more datagrams in reassembly at once than
+    /// [`MAX_REASSEMBLIES`].
     pub fragments: u64,
     /// Frames that are not IPv4 or IPv6 (ARP, LLDP, 802.3 LLC, ...).
     pub non_ip: u64,
@@ -130,10 +132,9 @@ pub struct Capture {
     pub datagrams: Vec<Datagram>,
     /// Packets that were not UDP datagrams, by reason.
     pub skipped: Skipped,
-    /// First IPv4 / IPv6 fragments of a fragmented UDP datagram. They are returned with the part
-    /// of the payload they carry (shorter than the UDP length says), so decoders see them and
-    /// count the error.
-    pub partial: u64,
+    /// UDP datagrams put back together from IPv4 / IPv6 fragments (each is one datagram in
+    /// `datagrams`, with the capture time of its last fragment).
+    pub reassembled: u64,
     /// The file ends in the middle of a packet; the datagrams before it are all returned.
     pub truncated_file: bool,
 }
@@ -204,7 +205,7 @@ pub fn read_capture(path: impl AsRef<Path>) -> Result<Capture, CaptureError> {
         container: reader.container(),
         datagrams,
         skipped: reader.skipped(),
-        partial: reader.partial(),
+        reassembled: reader.reassembled(),
         truncated_file: reader.truncated_file(),
     })
 }
@@ -226,7 +227,8 @@ pub struct CaptureReader {
     path: PathBuf,
     source: Source,
     skipped: Skipped,
-    partial: u64,
+    reassembly: Reassembly,
+    reassembled: u64,
     truncated_file: bool,
     done: bool,
 }
@@ -324,7 +326,8 @@ impl CaptureReader {
             path,
             source,
             skipped: Skipped::default(),
-            partial: 0,
+            reassembly: Reassembly::default(),
+            reassembled: 0,
             truncated_file: false,
             done: false,
         })
@@ -344,9 +347,9 @@ impl CaptureReader {
         self.skipped
     }
 
-    /// First fragments returned so far with a partial payload (see [`Capture::partial`]).
-    pub fn partial(&self) -> u64 {
-        self.partial
+    /// Datagrams reassembled from fragments so far (see [`Capture::reassembled`]).
+    pub fn reassembled(&self) -> u64 {
+        self.reassembled
     }
 
     /// Whether the file ended in the middle of a packet (known once iteration has ended).
@@ -366,6 +369,7 @@ impl CaptureReader {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     self.done = true;
+                    self.skipped.fragments += self.reassembly.finish();
                     return None;
                 }
                 Err(e) => {
@@ -375,17 +379,19 @@ impl CaptureReader {
             };
             match frame {
                 Frame::Ready(d) => return Some(Ok(d)),
-                Frame::Link { link, ts_ms, bytes } => match parse_frame(link, &bytes) {
-                    Ok(udp) => {
-                        if udp.partial {
-                            self.partial += 1;
+                Frame::Link { link, ts_ms, bytes } => match parse_packet(link, &bytes) {
+                    Ok(Packet::Udp(udp)) => return Some(Ok(datagram(ts_ms, &udp))),
+                    Ok(Packet::Fragment(f)) => {
+                        let (whole, dropped) = self.reassembly.add(&f);
+                        self.skipped.fragments += dropped;
+                        let Some(whole) = whole else { continue };
+                        match parse_udp(f.key.src, f.key.dst, &whole, false) {
+                            Ok(udp) => {
+                                self.reassembled += 1;
+                                return Some(Ok(datagram(ts_ms, &udp)));
+                            }
+                            Err(skip) => self.skipped.count(skip),
                         }
-                        return Some(Ok(Datagram {
-                            ts_ms,
-                            src: udp.src,
-                            dst: udp.dst,
-                            payload: udp.payload.to_vec(),
-                        }));
                     }
                     Err(skip) => self.skipped.count(skip),
                 },
@@ -501,6 +507,15 @@ impl Iterator for CaptureReader {
     }
 }
 
+fn datagram(ts_ms: u64, udp: &UdpFrame<'_>) -> Datagram {
+    Datagram {
+        ts_ms,
+        src: udp.src,
+        dst: udp.dst,
+        payload: udp.payload.to_vec(),
+    }
+}
+
 /// The UDP part of one captured frame, borrowed from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpFrame<'a> {
@@ -533,10 +548,23 @@ pub enum Skip {
 
 /// Finds the UDP datagram in one captured frame of link type `link` (a `LINKTYPE_*` number).
 ///
+/// A frame is looked at alone: the first fragment of a fragmented datagram gives the part of the
+/// payload it carries, with [`UdpFrame::partial`] set, and later fragments are
+/// [`Skip::Fragment`]. [`CaptureReader`] reassembles fragments instead.
+///
 /// # Errors
 ///
 /// The [`Skip`] reason when the frame holds no complete UDP header.
 pub fn parse_frame(link: u32, frame: &[u8]) -> Result<UdpFrame<'_>, Skip> {
+    match parse_packet(link, frame)? {
+        Packet::Udp(udp) => Ok(udp),
+        Packet::Fragment(f) if f.offset == 0 => parse_udp(f.key.src, f.key.dst, f.data, true),
+        Packet::Fragment(_) => Err(Skip::Fragment),
+    }
+}
+
+/// What one frame holds: a whole UDP datagram, or one fragment of one.
+fn parse_packet(link: u32, frame: &[u8]) -> Result<Packet<'_>, Skip> {
     let (ethertype, ip) = match link {
         LINKTYPE_ETHERNET => {
             let ethertype = be16(frame, 12).ok_or(Skip::Truncated)?;
@@ -600,8 +628,8 @@ pub fn parse_frame(link: u32, frame: &[u8]) -> Result<UdpFrame<'_>, Skip> {
 /// give no total length, so the file is one datagram. A file mixing formats is split while each
 /// next message is v5 or IPFIX, then the rest is one datagram.
 pub fn split_raw_dump(bytes: &[u8]) -> Option<Vec<Datagram>> {
-    let (version, port) = sniff_raw(bytes)?;
-    let _ = version;
+    // Every datagram of the dump goes to the first message's usual port.
+    let (_, port) = sniff_raw(bytes)?;
     let mut out = Vec::new();
     let mut rest = bytes;
 
@@ -637,8 +665,136 @@ pub const RAW_DUMP_SOURCE: SocketAddr =
 /// NetFlow, 4739 IPFIX, 6343 sFlow).
 pub const RAW_DUMP_DESTINATION: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
 
+/// Datagrams reassembled at once by a [`CaptureReader`] (at most 64 KiB each).
+pub const MAX_REASSEMBLIES: usize = 64;
+
 /// Largest raw dump read (raw dumps are read whole).
 pub const MAX_RAW_DUMP_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What one frame holds: a whole UDP datagram, or one fragment of one.
+enum Packet<'a> {
+    Udp(UdpFrame<'a>),
+    Fragment(Fragment<'a>),
+}
+
+/// One IPv4 or IPv6 fragment of a UDP datagram.
+struct Fragment<'a> {
+    key: FragKey,
+    /// Where `data` goes in the reassembled datagram (UDP header included), in bytes.
+    offset: usize,
+    /// More fragments follow (this is not the last one).
+    more: bool,
+    /// The bytes after the IP header(s).
+    data: &'a [u8],
+}
+
+/// Fragments of one datagram share source, destination and identification (RFC 791, RFC 8200
+/// § 4.5; the protocol is UDP for every fragment kept here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u32,
+}
+
+/// Bounded reassembly of fragmented UDP datagrams, in capture order.
+///
+/// At most [`MAX_REASSEMBLIES`] datagrams are in progress; when another one starts, the one
+/// started longest ago is given up. A datagram is given up too when its fragments disagree (two
+/// different last fragments) or reach past 65535 bytes. The fragments of a datagram given up, or
+/// still incomplete at the end of the capture, are counted in [`Skipped::fragments`].
+/// Overlapping fragments are accepted, the later bytes winning.
+#[derive(Default)]
+struct Reassembly {
+    pending: HashMap<FragKey, Pending>,
+    started: u64,
+}
+
+struct Pending {
+    /// Order in which reassemblies started, for eviction.
+    seq: u64,
+    pieces: Vec<(usize, Vec<u8>)>,
+    /// Length of the whole datagram, known once the last fragment arrived.
+    total: Option<usize>,
+}
+
+impl Reassembly {
+    /// Adds a fragment. Returns the whole datagram (UDP header first) once complete, and the
+    /// number of fragments given up on the way.
+    fn add(&mut self, f: &Fragment<'_>) -> (Option<Vec<u8>>, u64) {
+        let mut dropped = 0;
+        if !self.pending.contains_key(&f.key) && self.pending.len() >= MAX_REASSEMBLIES {
+            let oldest = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.seq)
+                .map(|(k, _)| *k);
+            if let Some(p) = oldest.and_then(|k| self.pending.remove(&k)) {
+                dropped += p.pieces.len() as u64;
+            }
+        }
+        let started = &mut self.started;
+        let entry = self.pending.entry(f.key).or_insert_with(|| {
+            *started += 1;
+            Pending {
+                seq: *started,
+                pieces: Vec::new(),
+                total: None,
+            }
+        });
+
+        let end = f.offset + f.data.len();
+        let consistent = end <= MAX_UDP_DATAGRAM
+            && match (f.more, entry.total) {
+                (false, Some(total)) => total == end,
+                (true, Some(total)) => end <= total,
+                (_, None) => true,
+            };
+        if !consistent {
+            let given_up = self.pending.remove(&f.key).map_or(0, |p| p.pieces.len());
+            return (None, dropped + given_up as u64 + 1);
+        }
+        if !f.more {
+            entry.total = Some(end);
+        }
+        entry.pieces.push((f.offset, f.data.to_vec()));
+
+        let Some(total) = entry.total else {
+            return (None, dropped);
+        };
+        // Complete when the pieces, in offset order, leave no hole before `total`.
+        entry.pieces.sort_by_key(|(offset, _)| *offset);
+        let mut covered = 0;
+        for (offset, data) in &entry.pieces {
+            if *offset > covered {
+                return (None, dropped);
+            }
+            covered = covered.max(offset + data.len());
+        }
+        if covered < total {
+            return (None, dropped);
+        }
+
+        let mut whole = vec![0u8; total];
+        for (offset, data) in &entry.pieces {
+            let end = (offset + data.len()).min(total);
+            if let (Some(dst), Some(src)) = (whole.get_mut(*offset..end), data.get(..end - offset))
+            {
+                dst.copy_from_slice(src);
+            }
+        }
+        self.pending.remove(&f.key);
+        (Some(whole), dropped)
+    }
+
+    /// Gives up every datagram still in progress; returns how many fragments that drops.
+    fn finish(&mut self) -> u64 {
+        self.pending
+            .drain()
+            .map(|(_, p)| p.pieces.len() as u64)
+            .sum()
+    }
+}
 
 enum Frame {
     /// A datagram ready as is (raw dumps).
@@ -696,7 +852,7 @@ fn skip_vlan_tags(mut ethertype: u16, mut rest: &[u8]) -> Result<(u16, &[u8]), S
     Err(Skip::Malformed)
 }
 
-fn parse_ipv4(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
+fn parse_ipv4(ip: &[u8]) -> Result<Packet<'_>, Skip> {
     let first = *ip.first().ok_or(Skip::Truncated)?;
     if first >> 4 != 4 {
         return Err(Skip::Malformed);
@@ -712,13 +868,6 @@ fn parse_ipv4(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
     if total_len < header_len {
         return Err(Skip::Malformed);
     }
-
-    // Flags and fragment offset: MF is 0x2000, the offset the low 13 bits (in 8-byte units).
-    let frag = be16(ip, 6).ok_or(Skip::Truncated)?;
-    let more_fragments = frag & 0x2000 != 0;
-    if frag & 0x1fff != 0 {
-        return Err(Skip::Fragment);
-    }
     if ip[9] != IPPROTO_UDP {
         return Err(Skip::NonUdp);
     }
@@ -727,10 +876,30 @@ fn parse_ipv4(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
     let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
     // Ethernet pads short frames to 60 bytes: the IP total length, not the frame, ends the packet.
     let end = total_len.min(ip.len());
-    parse_udp(src, dst, &ip[header_len..end], more_fragments)
+    let l4 = &ip[header_len..end];
+
+    // Flags and fragment offset: MF is 0x2000, the offset the low 13 bits (in 8-byte units).
+    let frag = be16(ip, 6).ok_or(Skip::Truncated)?;
+    let more = frag & 0x2000 != 0;
+    let offset = usize::from(frag & 0x1fff) * 8;
+    if more || offset != 0 {
+        if end < total_len {
+            // A fragment cut by the snap length cannot complete its datagram.
+            return Err(Skip::Truncated);
+        }
+        let id = u32::from(be16(ip, 4).ok_or(Skip::Truncated)?);
+        let key = FragKey { src, dst, id };
+        return Ok(Packet::Fragment(Fragment {
+            key,
+            offset,
+            more,
+            data: l4,
+        }));
+    }
+    parse_udp(src, dst, l4, false).map(Packet::Udp)
 }
 
-fn parse_ipv6(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
+fn parse_ipv6(ip: &[u8]) -> Result<Packet<'_>, Skip> {
     if ip.len() < IPV6_HEADER_LEN {
         return Err(Skip::Truncated);
     }
@@ -744,21 +913,21 @@ fn parse_ipv6(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
     let dst = IpAddr::V6(Ipv6Addr::from(dst_octets));
 
     // A payload length of 0 means a jumbogram (RFC 2675); then the frame ends the packet.
-    let end = if payload_len == 0 {
+    let declared_end = if payload_len == 0 {
         ip.len()
     } else {
-        (IPV6_HEADER_LEN + payload_len).min(ip.len())
+        IPV6_HEADER_LEN + payload_len
     };
+    let end = declared_end.min(ip.len());
     let packet = &ip[..end];
 
     let mut next = ip[6];
     let mut offset = IPV6_HEADER_LEN;
-    let mut more_fragments = false;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             IPPROTO_UDP => {
                 let rest = packet.get(offset..).ok_or(Skip::Truncated)?;
-                return parse_udp(src, dst, rest, more_fragments);
+                return parse_udp(src, dst, rest, false).map(Packet::Udp);
             }
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6: (len + 1) * 8.
             0 | 43 | 60 | 135 | 139 | 140 => {
@@ -772,15 +941,35 @@ fn parse_ipv6(ip: &[u8]) -> Result<UdpFrame<'_>, Skip> {
                 next = packet[offset];
                 offset += (len + 2) * 4;
             }
-            // Fragment header (RFC 8200 § 4.5): 8 bytes, offset in the top 13 bits of bytes 2-3.
+            // Fragment header (RFC 8200 § 4.5): next header, reserved, then the offset in the
+            // top 13 bits of bytes 2-3 (8-byte units, so masking gives bytes), M in bit 0, and
+            // a 32-bit identification.
             44 => {
                 let frag = be16(packet, offset + 2).ok_or(Skip::Truncated)?;
-                if frag & 0xfff8 != 0 {
-                    return Err(Skip::Fragment);
-                }
-                more_fragments = frag & 0x0001 != 0;
+                let id = be32(packet, offset + 4).ok_or(Skip::Truncated)?;
                 next = packet[offset];
                 offset += 8;
+                let frag_offset = usize::from(frag & 0xfff8);
+                let more = frag & 0x0001 != 0;
+                // An "atomic fragment" (offset 0, no more) is a whole packet (RFC 6946).
+                if frag_offset == 0 && !more {
+                    continue;
+                }
+                // Every fragment repeats the first header of the fragmentable part here.
+                if next != IPPROTO_UDP {
+                    return Err(Skip::NonUdp);
+                }
+                if end < declared_end {
+                    return Err(Skip::Truncated);
+                }
+                let data = packet.get(offset..).ok_or(Skip::Truncated)?;
+                let key = FragKey { src, dst, id };
+                return Ok(Packet::Fragment(Fragment {
+                    key,
+                    offset: frag_offset,
+                    more,
+                    data,
+                }));
             }
             _ => return Err(Skip::NonUdp),
         }
@@ -903,6 +1092,8 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
+/// A UDP datagram's length field is 16 bits.
+const MAX_UDP_DATAGRAM: usize = 65_535;
 const V5_HEADER_LEN: usize = 24;
 const V5_RECORD_LEN: usize = 48;
 const IPFIX_HEADER_LEN: usize = 16;
@@ -1237,6 +1428,120 @@ mod tests {
             parse_frame(LINKTYPE_IPV4, &ipv4(17, 0, 0, A, B, &l4)),
             Err(Skip::Truncated)
         );
+    }
+
+    /// IPv4 fragments of one UDP datagram: `cuts` are the byte offsets (multiples of 8) where
+    /// the UDP datagram is split.
+    fn ipv4_fragments(id: u16, l4: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(l4.len());
+        bounds
+            .windows(2)
+            .map(|w| {
+                let more = if w[1] < l4.len() { 0x2000 } else { 0 };
+                let mut p = ipv4(17, more | (w[0] / 8) as u16, 0, A, B, &l4[w[0]..w[1]]);
+                p[4..6].copy_from_slice(&id.to_be_bytes());
+                ethernet(&[], 0x0800, &p)
+            })
+            .collect()
+    }
+
+    /// IPv6 fragments (fragment header after a hop-by-hop header) of one UDP datagram.
+    fn ipv6_fragments(id: u32, l4: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(l4.len());
+        bounds
+            .windows(2)
+            .map(|w| {
+                let more = u16::from(w[1] < l4.len());
+                let mut frag = vec![IPPROTO_UDP, 0];
+                frag.extend_from_slice(&((w[0] as u16) | more).to_be_bytes());
+                frag.extend_from_slice(&id.to_be_bytes());
+                frag.extend_from_slice(&l4[w[0]..w[1]]);
+                // Reuse the hop-by-hop builder, then point its next header at the fragment header.
+                let mut p = ipv6_hbh(v6, v6, &frag);
+                p[40] = 44;
+                ethernet(&[], 0x86dd, &p)
+            })
+            .collect()
+    }
+
+    fn frames(packets: &[Vec<u8>]) -> Vec<(u64, Vec<u8>, u32)> {
+        packets
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (10 + i as u64, p.clone(), p.len() as u32))
+            .collect()
+    }
+
+    #[test]
+    fn reassembles_fragmented_datagrams() {
+        let payload: Vec<u8> = (0..3_000u32).map(|i| (i % 251) as u8).collect();
+        let l4 = udp(4739, 4739, &payload);
+        let v4 = ipv4_fragments(7, &l4, &[1_480, 2_960]);
+        let v6 = ipv6_fragments(0x0102_0304, &l4, &[1_448]);
+        let other = ethernet(&[], 0x0800, &ipv4(17, 0, 0, A, B, &udp(1, 2, b"between")));
+        // Out of order, interleaved with another datagram and with the IPv6 fragments.
+        let packets = [
+            v4[2].clone(),
+            v6[1].clone(),
+            other,
+            v4[0].clone(),
+            v6[0].clone(),
+            v4[1].clone(),
+        ];
+        let f = write_pcap("frag.pcap", DataLink::ETHERNET, &frames(&packets));
+
+        let c = read_capture(&f.0).unwrap();
+        assert_eq!(c.skipped, Skipped::default());
+        assert_eq!(c.reassembled, 2);
+        let payloads: Vec<&[u8]> = c.datagrams.iter().map(|d| d.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"between".as_slice(), &payload, &payload]);
+        assert_eq!(
+            c.datagrams[1].src,
+            "[2001:db8::7]:4739".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            c.datagrams[2].ts_ms, 15,
+            "time of the fragment that completed it"
+        );
+        assert_eq!(c.datagrams[2].dst, "10.0.0.2:4739".parse().unwrap());
+    }
+
+    #[test]
+    fn counts_fragments_that_never_complete() {
+        let l4 = udp(1, 2, &[0u8; 2_000]);
+        let mut packets = ipv4_fragments(1, &l4, &[800, 1_600]);
+        packets.remove(1);
+        // Two different last fragments for one datagram: given up, both counted.
+        let mut bad = ipv4_fragments(2, &l4, &[1_000]);
+        let mut short_last = ipv4_fragments(2, &l4[..1_500], &[1_000]).pop().unwrap();
+        bad.push(std::mem::take(&mut short_last));
+        packets.extend(bad.into_iter().skip(1));
+        let f = write_pcap("lost.pcap", DataLink::ETHERNET, &frames(&packets));
+
+        let c = read_capture(&f.0).unwrap();
+        assert!(c.datagrams.is_empty());
+        assert_eq!(c.reassembled, 0);
+        assert_eq!(c.skipped.fragments, 4);
+    }
+
+    #[test]
+    fn reassembly_memory_is_bounded() {
+        let l4 = udp(1, 2, &[0u8; 100]);
+        let mut packets: Vec<Vec<u8>> = (0..MAX_REASSEMBLIES as u16 + 10)
+            .map(|id| ipv4_fragments(id, &l4, &[56]).remove(0))
+            .collect();
+        // The last datagram started can still complete.
+        packets.push(ipv4_fragments(MAX_REASSEMBLIES as u16 + 9, &l4, &[56]).remove(1));
+        let f = write_pcap("many.pcap", DataLink::ETHERNET, &frames(&packets));
+
+        let c = read_capture(&f.0).unwrap();
+        assert_eq!(c.reassembled, 1);
+        assert_eq!(c.skipped.fragments, MAX_REASSEMBLIES as u64 + 9);
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Summary<'_> {
                 "truncated": c.skipped.truncated,
                 "unsupported_link": c.skipped.unsupported_link,
             },
-            "partial_datagrams": c.partial,
+            "reassembled_datagrams": c.reassembled,
             "truncated_file": c.truncated_file,
         })
     }
@@ -219,17 +219,17 @@ impl Summary<'_> {
             s.sets_without_template,
         );
         let k = &c.skipped;
-        if k.total() > 0 || c.partial > 0 {
+        if k.total() > 0 || c.reassembled > 0 {
             line += &format!(
                 "; packets skipped: fragments={} non_ip={} non_udp={} malformed={} truncated={} \
-                 unsupported_link={}; partial first fragments={}",
+                 unsupported_link={}; datagrams reassembled from fragments={}",
                 k.fragments,
                 k.non_ip,
                 k.non_udp,
                 k.malformed,
                 k.truncated,
                 k.unsupported_link,
-                c.partial
+                c.reassembled
             );
         }
         if self.primed_files > 0 {
