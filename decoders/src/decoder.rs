@@ -349,6 +349,8 @@ impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
             self.dec.stats.templates_refused += 1;
             return Ok(());
         }
+        // TODO(#2): RFC 7011 § 8.4 lets a collector expire UDP templates that are not refreshed;
+        // here templates live until withdrawn, replaced, or the decoder is dropped.
         state.templates.insert(key, template);
         if !replacing {
             self.dec.templates_total += 1;
@@ -567,6 +569,9 @@ fn decode_set<F: FnMut(&FlowRecord)>(
     };
 
     if template.kind() == TemplateKind::Options {
+        // TODO(#2): an options record scoped to one interface (v9 scope type 2, IPFIX
+        // ingressInterface) announces a rate for that interface only; flowplane applies it to
+        // the whole (exporter, domain) scope unless the record names a sampler or selector.
         let out = template.for_each_record(body, |acc: &Accum| {
             if let Some(rate) = acc.sampling_rate() {
                 let k = sampler_key(acc.sampler_ref());

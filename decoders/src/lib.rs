@@ -16,6 +16,26 @@
 //! No heap allocation per record. Template caches and the buffer of data that arrived before its
 //! template are bounded per exporter and in total ([`DecoderLimits`]); what does not fit, or
 //! expires, is counted in [`DecodeStats`].
+//!
+//! # Layout
+//!
+//! Each format module follows the same two levels. A *view* ([`netflow_v5::Packet`],
+//! [`netflow_v9::Packet`], [`ipfix::Packet`], [`template::SetHeader`]) wraps the bytes without
+//! copying; `new_checked` runs `check_len`, after which no accessor can panic, and `mod field`
+//! holds the byte ranges. The *parse* walks the view and fills [`FlowRecord`]s. What NetFlow v9
+//! and IPFIX share (set framing, field specifiers, the Information Element mapping, learned
+//! templates) lives in [`template`]; the per-exporter state (template cache, option-announced
+//! sampling, held data) lives in [`Decoder`].
+//!
+//! The format is recognised by the 16-bit version at offset 0: 5, 9 or 10. sFlow v5 starts with
+//! a 32-bit version (`00 00 00 05`); it is refused as [`DecodeError::BadVersion`] until its
+//! decoder lands, and can never be mistaken for NetFlow v5 (`00 05`).
+//!
+//! # Fuzzing
+//!
+//! `decoders/fuzz` holds a cargo-fuzz target, `decode`, that feeds arbitrary datagrams through
+//! one [`Decoder`] and checks its accounting invariants. No check in this crate is relaxed under
+//! `cfg(fuzzing)`: there are no checksums to skip.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,6 +51,10 @@ mod testutil;
 
 pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
 pub use error::DecodeError;
+pub use ipfix::Packet as IpfixPacket;
+pub use netflow_v5::Packet as NetflowV5Packet;
+pub use netflow_v9::Packet as NetflowV9Packet;
 pub use record::{
     FlowFormat, FlowRecord, V4_UNSPECIFIED, addr_to_bytes, bytes_to_addr, v4_to_bytes,
 };
+pub use template::{SetHeader, Sets, Template, TemplateKind};

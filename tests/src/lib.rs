@@ -1,1 +1,14 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for flowplane's corpus and end-to-end tests.
+//!
+//! * [`pcap_out`] writes UDP datagrams into an ordinary pcap (Ethernet / IPv4 or IPv6 / UDP), so
+//!   that tshark and the exporters can read what the tests generate or re-frame.
+//! * [`tshark`] runs tshark once per file and reads its PDML output into per-frame flow records.
+//! * [`corpus`] reads `../shared/corpus/INDEX.tsv` and the MANIFEST notes that matter to tests.
+//! * [`env`] finds the repository, the `flowplane` binary and the services the tests talk to.
+//!
+//! Nothing here is a mock: the tests drive the real tools and services these helpers find.
+
+pub mod corpus;
+pub mod env;
+pub mod pcap_out;
+pub mod tshark;
