@@ -6,7 +6,7 @@
 //!   window's deltas to the merger together with their tables.
 //! * The merger adds them up, adds its own (windows, late shares, alerts, Z-score state) and the
 //!   sink drivers' (atomics, one set per sink), and publishes a [`CountersSnapshot`] once per
-//!   window. [`crate::Engine::counters`] reads the latest one; the stats logger prints
+//!   window. [`crate::run`] returns the last one; the stats logger prints
 //!   [`CountersSnapshot::summary`] every `stats_interval_secs`.
 //! * Decode errors are also kept per exporter address: the first [`MAX_EXPORTERS`] exporters
 //!   that sent a malformed datagram get their own row, later ones add to `other`.
@@ -297,13 +297,11 @@ impl SinkCounters {
 
 /// Decode errors per exporter, bounded: the merger's side of the accounting.
 #[derive(Debug, Default)]
-#[allow(dead_code)] // TODO(#2): used by the merger (next commit)
 pub(crate) struct ExporterErrorMap {
     map: HashMap<IpAddr, [u64; ERROR_KINDS]>,
     other: [u64; ERROR_KINDS],
 }
 
-#[allow(dead_code)]
 impl ExporterErrorMap {
     pub(crate) fn add(&mut self, exporter: Option<IpAddr>, errors: &[u64; ERROR_KINDS]) {
         let row = match exporter {
@@ -337,7 +335,6 @@ impl ExporterErrorMap {
 }
 
 /// Lists an error array by kind label.
-#[allow(dead_code)]
 pub(crate) fn errors_by_kind(e: &[u64; ERROR_KINDS]) -> Vec<(&'static str, u64)> {
     DecodeError::ALL
         .iter()

@@ -10,11 +10,24 @@ pub mod config;
 pub mod counters;
 mod error;
 pub mod key;
+pub mod merger;
 pub mod output;
+mod ratelimit;
+mod rx;
+mod sink_driver;
+mod sys;
+pub mod table;
+pub mod worker;
+pub mod zscore;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_channel::unbounded;
+use tracing::{info, warn};
 
 pub use config::{ConfigError, EngineConfig};
 pub use counters::CountersSnapshot;
@@ -22,16 +35,24 @@ pub use error::EngineError;
 pub use output::{
     AggEntry, Alert, DimensionWindow, KeyValue, Sink, SinkError, Totals, WindowBatch,
 };
+pub use rx::IDLE_TICK_MS;
 
 /// What `run` returns after a clean shutdown.
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
+    /// The addresses the listeners were bound to (ports filled in where the configuration
+    /// asked for port 0).
+    pub bound: Vec<SocketAddr>,
     /// Final counters.
     pub counters: CountersSnapshot,
 }
 
 /// Runs the data plane until `shutdown` becomes true, then flushes the open window to the
 /// sinks (waiting at most `shutdown_timeout_secs` for them) and returns the final counters.
+///
+/// Threads: one `fp-worker-N` per worker (pinned when `pin_cores`), one `fp-merger`, and one
+/// `fp-sink-NAME` per sink. `on_ready` is called once every socket is bound, with the bound
+/// addresses, before any datagram is read.
 ///
 /// # Errors
 ///
@@ -42,11 +63,195 @@ pub fn run(
     sinks: Vec<Box<dyn Sink>>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<RunReport, EngineError> {
+    run_with(cfg, sinks, shutdown, |_| {})
+}
+
+/// [`run`], with a callback told the bound addresses once the listeners are up.
+///
+/// # Errors
+///
+/// As [`run`].
+pub fn run_with(
+    cfg: &EngineConfig,
+    sinks: Vec<Box<dyn Sink>>,
+    shutdown: Arc<AtomicBool>,
+    on_ready: impl FnOnce(&[SocketAddr]),
+) -> Result<RunReport, EngineError> {
     cfg.validate()?;
-    // TODO(#2): interim body so the binary can wire the API; the full engine lands next.
-    let _ = sinks;
-    while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    let dims: Arc<[key::Dimension]> = cfg.dimension_specs()?.into();
+    let cores = worker_cores(cfg)?;
+    let listeners = rx::open(&cfg.listen, cfg.workers, cfg.rcvbuf_bytes)?;
+    let bound = listeners.bound.clone();
+
+    // Sink drivers first, so the merger has somewhere to hand windows.
+    let mut handles = Vec::with_capacity(sinks.len());
+    let mut driver_joins = Vec::with_capacity(sinks.len());
+    for s in sinks {
+        let name = s.name();
+        let (h, j) =
+            sink_driver::spawn(s, cfg.sink_queue_windows).map_err(|source| EngineError::Spawn {
+                name: format!("fp-sink-{name}"),
+                source,
+            })?;
+        handles.push(h);
+        driver_joins.push((format!("fp-sink-{name}"), j));
     }
-    Ok(RunReport::default())
+
+    // Channels: shares to the merger, and one return channel of spare table sets per worker.
+    let (share_tx, share_rx) = unbounded();
+    let mut returns = Vec::with_capacity(cfg.workers);
+    let mut spares = Vec::with_capacity(cfg.workers);
+    for _ in 0..cfg.workers {
+        let (tx, rx) = unbounded();
+        returns.push(tx);
+        spares.push(rx);
+    }
+    let merger = merger::Merger::new(
+        &merger::MergerConfig {
+            workers: cfg.workers,
+            table_capacity: cfg.table_capacity,
+            grace_ms: cfg.merge_grace_ms,
+            zscore_windows: cfg.zscore_windows,
+            zscore_threshold: cfg.zscore_threshold,
+            zscore_min_windows: cfg.zscore_min_windows,
+            zscore_max_keys: cfg.zscore_max_keys,
+        },
+        Arc::clone(&dims),
+        returns,
+    );
+    let shared = Arc::new(Mutex::new(CountersSnapshot::default()));
+    let merger_handles = handles.clone();
+    let merger_shared = Arc::clone(&shared);
+    let stats_every = Duration::from_secs(cfg.stats_interval_secs);
+    let merger_join = spawn("fp-merger".into(), move || {
+        merger::run_merger(merger, share_rx, merger_handles, merger_shared, stats_every);
+    })?;
+
+    // Workers, each with its own sockets, decoder and tables.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut worker_joins = Vec::with_capacity(cfg.workers);
+    for (id, (socks, spare_rx)) in listeners.sockets.into_iter().zip(spares).enumerate() {
+        let worker = worker::Worker::new(
+            id,
+            Arc::clone(&dims),
+            cfg.table_capacity,
+            cfg.scale_sampling,
+            cfg.decoder.limits(),
+            share_tx.clone(),
+            spare_rx,
+        );
+        let core = cores.get(id).copied().flatten();
+        let stop = Arc::clone(&stop);
+        let batch = cfg.recv_batch;
+        let name = format!("fp-worker-{id}");
+        let j = spawn(name.clone(), move || {
+            if let Some(c) = core
+                && !core_affinity::set_for_current(c)
+            {
+                warn!(
+                    worker = id,
+                    core = c.id,
+                    "Could not pin the worker to its core."
+                );
+            }
+            rx::run_worker(worker, socks, batch, &stop);
+        })?;
+        worker_joins.push((name, j));
+    }
+    drop(share_tx);
+
+    for a in &bound {
+        info!(
+            addr = %a,
+            workers = cfg.workers,
+            cores = ?cores.iter().map(|c| c.map(|c| c.id)).collect::<Vec<_>>(),
+            dimensions = dims.len(),
+            "Listening for NetFlow v5/v9 and IPFIX."
+        );
+    }
+    on_ready(&bound);
+
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    info!("Shutting down: flushing the open window.");
+
+    // Workers drain their sockets and send their last share; the merger closes every window
+    // and hands it to the drivers, which get until the deadline to write it.
+    stop.store(true, Ordering::Relaxed);
+    let mut first_err = None;
+    for (name, j) in worker_joins {
+        if j.join().is_err() {
+            first_err.get_or_insert(EngineError::ThreadPanicked { name });
+        }
+    }
+    if merger_join.join().is_err() {
+        first_err.get_or_insert(EngineError::ThreadPanicked {
+            name: "fp-merger".into(),
+        });
+    }
+    let deadline = merger::unix_ms() + cfg.shutdown_timeout_secs * 1000;
+    for h in &handles {
+        h.set_deadline(deadline);
+    }
+    // Only the counters outlive the handles: a sender kept alive here would keep the drivers
+    // waiting for windows that never come.
+    let sink_counters: Vec<_> = handles
+        .iter()
+        .map(sink_driver::SinkHandle::counters)
+        .collect();
+    drop(handles);
+    for (name, j) in driver_joins {
+        if j.join().is_err() {
+            first_err.get_or_insert(EngineError::ThreadPanicked { name });
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    let mut counters = shared.lock().map(|s| s.clone()).unwrap_or_default();
+    counters.sinks = sink_counters
+        .iter()
+        .map(|(name, c)| c.snapshot(name, 0))
+        .collect();
+    info!("Stopped: {}", counters.summary());
+    Ok(RunReport { bound, counters })
+}
+
+/// The core of each worker: `Some` when pinning, from `worker_cores` or 1, 2, ... (wrapping
+/// over the available cores, core 0 left to the merger, sinks and the system).
+fn worker_cores(cfg: &EngineConfig) -> Result<Vec<Option<core_affinity::CoreId>>, EngineError> {
+    if !cfg.pin_cores {
+        return Ok(vec![None; cfg.workers]);
+    }
+    let available = core_affinity::get_core_ids().unwrap_or_default();
+    if available.is_empty() {
+        warn!("Cannot read the cores available to the process; workers are not pinned.");
+        return Ok(vec![None; cfg.workers]);
+    }
+    if !cfg.worker_cores.is_empty() {
+        return cfg
+            .worker_cores
+            .iter()
+            .map(|&c| match available.iter().find(|a| a.id == c) {
+                Some(a) => Ok(Some(*a)),
+                None => Err(EngineError::NoSuchCore {
+                    core: c,
+                    available: available.iter().map(|a| a.id).collect(),
+                }),
+            })
+            .collect();
+    }
+    let n = available.len();
+    Ok((0..cfg.workers)
+        .map(|i| Some(available[if n > 1 { 1 + i % (n - 1) } else { 0 }]))
+        .collect())
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|source| EngineError::Spawn { name, source })
 }

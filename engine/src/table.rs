@@ -1,0 +1,369 @@
+//! The aggregation table: an open-addressing hash map from fixed-width key bytes to
+//! [`Totals`], sized once and never resized.
+//!
+//! # Layout
+//!
+//! Structure of arrays, all allocated in [`Table::new`]:
+//!
+//! * `tags[slot]`: 0 for an empty slot, otherwise the upper 32 bits of the key's hash with the
+//!   lowest bit forced to 1 (so a full slot is never 0). Probing compares the tag first and
+//!   touches the key bytes only on a tag match.
+//! * `keys[slot * key_len ..][.. key_len]`: the key bytes. Every key of a table has the same
+//!   length (the dimension's [`crate::key::Dimension::key_len`]), so no length is stored; a
+//!   table belongs to exactly one dimension, which is its tag.
+//! * `values[slot]`: the [`Totals`].
+//! * `used`: the occupied slot numbers in insertion order, so that iterating and clearing cost
+//!   the number of keys, not the capacity.
+//!
+//! # Probe sequence
+//!
+//! The hash is [foldhash](https://docs.rs/foldhash)'s fast hasher with a fixed seed (tables of
+//! different workers must agree, and the input is not attacker-chosen in a way that matters: a
+//! flood of colliding keys costs probe time bounded by the load cap, never memory). The home
+//! slot is `hash & (capacity - 1)`; probing is linear (`slot + 1`, wrapping), which keeps a
+//! probe within one or two cache lines of tags.
+//!
+//! # Load factor and behaviour when full
+//!
+//! A table accepts new keys while it holds fewer than 7/8 of its capacity (`max_keys`).
+//! Linear probing's expected probe length grows as `1 / (1 - load)^2`; at 7/8 a miss costs
+//! about 32 probes, which is the worst we accept. Past the cap, adding to an existing key still
+//! works, and a record with a new key is added to the table's `overflow` totals instead and
+//! counted ([`Table::overflow_adds`]): its bytes still reach the window's totals, only not
+//! under its own key. Nothing is dropped silently, and since the probe for an absent key
+//! always ends at an empty slot (at least 1/8 of slots stay empty), a full table cannot loop.
+//!
+//! # Allocation
+//!
+//! None after [`Table::new`]: [`Table::add`] writes into the preallocated arrays, and
+//! [`Table::clear`] resets only the used slots and keeps the memory.
+
+use std::hash::{BuildHasher, Hasher};
+
+use foldhash::fast::FixedState;
+
+use crate::output::Totals;
+
+/// A fixed-capacity open-addressing map from `key_len`-byte keys to [`Totals`].
+#[derive(Clone, Debug)]
+pub struct Table {
+    key_len: usize,
+    mask: usize,
+    max_keys: usize,
+    tags: Box<[u32]>,
+    keys: Box<[u8]>,
+    values: Box<[Totals]>,
+    used: Vec<u32>,
+    overflow: Totals,
+    overflow_adds: u64,
+}
+
+impl Table {
+    /// A table of `capacity` slots (a power of two, at least 2) for keys of `key_len` bytes
+    /// (1 to [`crate::key::KEY_MAX`]).
+    ///
+    /// # Panics
+    ///
+    /// When `capacity` is not a power of two or is below 2, or `key_len` is 0 or above
+    /// [`crate::key::KEY_MAX`]. The configuration is validated before tables are made.
+    pub fn new(capacity: usize, key_len: usize) -> Self {
+        assert!(
+            capacity.is_power_of_two() && capacity >= 2,
+            "capacity {capacity}"
+        );
+        assert!(
+            key_len > 0 && key_len <= crate::key::KEY_MAX,
+            "key length {key_len}"
+        );
+        assert!(u32::try_from(capacity).is_ok(), "capacity {capacity}");
+        let max_keys = capacity - capacity / 8;
+        Self {
+            key_len,
+            mask: capacity - 1,
+            max_keys,
+            tags: vec![0; capacity].into_boxed_slice(),
+            keys: vec![0; capacity * key_len].into_boxed_slice(),
+            values: vec![Totals::default(); capacity].into_boxed_slice(),
+            used: Vec::with_capacity(max_keys),
+            overflow: Totals::default(),
+            overflow_adds: 0,
+        }
+    }
+
+    /// Adds `t` to the totals of `key`. Returns `false` when the key was new and the table was
+    /// at its load cap, so `t` went to the overflow entry instead.
+    ///
+    /// `key` must be `key_len` bytes; a key of another length is added to overflow (the
+    /// engine never does this; the check keeps the table sound).
+    #[inline]
+    pub fn add(&mut self, key: &[u8], t: &Totals) -> bool {
+        if key.len() != self.key_len {
+            self.add_overflow(t);
+            return false;
+        }
+        let hash = hash_key(key);
+        let tag = ((hash >> 32) as u32) | 1;
+        let mut slot = (hash as usize) & self.mask;
+        loop {
+            let at = self.tags[slot];
+            if at == 0 {
+                break;
+            }
+            if at == tag && self.key_at(slot) == key {
+                self.values[slot].add(t);
+                return true;
+            }
+            slot = (slot + 1) & self.mask;
+        }
+
+        // `slot` is the first empty slot of the probe: the key is absent.
+        if self.used.len() >= self.max_keys {
+            self.add_overflow(t);
+            return false;
+        }
+        self.tags[slot] = tag;
+        let kl = self.key_len;
+        self.keys[slot * kl..(slot + 1) * kl].copy_from_slice(key);
+        self.values[slot] = *t;
+        // `slot <= mask < u32::MAX` (checked in `new`).
+        self.used.push(slot as u32);
+        true
+    }
+
+    /// The totals of `key`, if present.
+    pub fn get(&self, key: &[u8]) -> Option<&Totals> {
+        if key.len() != self.key_len {
+            return None;
+        }
+        let hash = hash_key(key);
+        let tag = ((hash >> 32) as u32) | 1;
+        let mut slot = (hash as usize) & self.mask;
+        loop {
+            let at = self.tags[slot];
+            if at == 0 {
+                return None;
+            }
+            if at == tag && self.key_at(slot) == key {
+                return Some(&self.values[slot]);
+            }
+            slot = (slot + 1) & self.mask;
+        }
+    }
+
+    /// Adds every key and the overflow entry of `other` (same key length) into `self`.
+    /// Returns how many of `other`'s keys went to `self`'s overflow.
+    pub fn merge_from(&mut self, other: &Self) -> u64 {
+        let mut spilled = 0;
+        for (k, t) in other.iter() {
+            if !self.add(k, t) {
+                spilled += 1;
+            }
+        }
+        if other.overflow_adds > 0 || other.overflow != Totals::default() {
+            self.overflow.add(&other.overflow);
+            self.overflow_adds += other.overflow_adds;
+        }
+        spilled
+    }
+
+    /// The keys and their totals, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Totals)> + '_ {
+        self.used.iter().map(|&s| {
+            let s = s as usize;
+            (self.key_at(s), &self.values[s])
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// True when the table holds no key and no overflow.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty() && self.overflow_adds == 0
+    }
+
+    /// Slots (a power of two).
+    pub fn capacity(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Keys accepted before new keys go to overflow (7/8 of the capacity).
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// Key length in bytes.
+    pub fn key_len(&self) -> usize {
+        self.key_len
+    }
+
+    /// Totals of the additions that found no room.
+    pub fn overflow(&self) -> &Totals {
+        &self.overflow
+    }
+
+    /// Number of additions that went to overflow.
+    pub fn overflow_adds(&self) -> u64 {
+        self.overflow_adds
+    }
+
+    /// Empties the table, keeping its memory. Costs the number of keys, not the capacity.
+    pub fn clear(&mut self) {
+        for &s in &self.used {
+            self.tags[s as usize] = 0;
+        }
+        self.used.clear();
+        self.overflow = Totals::default();
+        self.overflow_adds = 0;
+    }
+
+    #[inline]
+    fn key_at(&self, slot: usize) -> &[u8] {
+        &self.keys[slot * self.key_len..(slot + 1) * self.key_len]
+    }
+
+    fn add_overflow(&mut self, t: &Totals) {
+        self.overflow.add(t);
+        self.overflow_adds += 1;
+    }
+}
+
+#[inline]
+fn hash_key(key: &[u8]) -> u64 {
+    let mut h = FixedState::with_seed(HASH_SEED).build_hasher();
+    h.write(key);
+    h.finish()
+}
+
+/// Fixed so that every table (every worker, the merger) hashes alike; any odd constant works.
+const HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t(bytes: u64) -> Totals {
+        Totals {
+            bytes,
+            packets: 1,
+            flows: 1,
+            raw_bytes: bytes,
+            raw_packets: 1,
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Add(u8, u64),
+        Clear,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            20 => (any::<u8>(), 0u64..1_000_000).prop_map(|(k, b)| Op::Add(k, b)),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    proptest! {
+        /// The table behaves like a HashMap that refuses new keys past 7/8 of capacity, and
+        /// whatever it refuses lands in overflow: totals are conserved.
+        #[test]
+        fn behaves_like_a_capped_hashmap(ops in proptest::collection::vec(op(), 0..600)) {
+            // 64 slots, 56 keys at most, 256 possible keys: the cap is hit often.
+            let mut table = Table::new(64, 3);
+            let mut model: HashMap<[u8; 3], Totals> = HashMap::new();
+            let mut overflow = Totals::default();
+            let mut overflow_adds = 0;
+            for op in ops {
+                match op {
+                    Op::Add(k, b) => {
+                        let key = [k, k.wrapping_mul(7), 0xaa];
+                        let fits = model.contains_key(&key) || model.len() < 56;
+                        prop_assert_eq!(table.add(&key, &t(b)), fits);
+                        if fits {
+                            model.entry(key).or_default().add(&t(b));
+                        } else {
+                            overflow.add(&t(b));
+                            overflow_adds += 1;
+                        }
+                    }
+                    Op::Clear => {
+                        table.clear();
+                        model.clear();
+                        overflow = Totals::default();
+                        overflow_adds = 0;
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+            }
+            for (k, v) in &model {
+                prop_assert_eq!(table.get(k), Some(v));
+            }
+            let seen: HashMap<Vec<u8>, Totals> =
+                table.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
+            prop_assert_eq!(seen.len(), model.len());
+            prop_assert_eq!(table.overflow(), &overflow);
+            prop_assert_eq!(table.overflow_adds(), overflow_adds);
+        }
+
+        /// Merging two tables gives the sum of both models.
+        #[test]
+        fn merge_adds_up(
+            a in proptest::collection::vec((any::<u16>(), 0u64..1000), 0..200),
+            b in proptest::collection::vec((any::<u16>(), 0u64..1000), 0..200),
+        ) {
+            let mut ta = Table::new(512, 2);
+            let mut tb = Table::new(512, 2);
+            let mut model: HashMap<[u8; 2], u64> = HashMap::new();
+            for (k, v) in &a {
+                ta.add(&k.to_be_bytes(), &t(*v));
+                *model.entry(k.to_be_bytes()).or_default() += v;
+            }
+            for (k, v) in &b {
+                tb.add(&k.to_be_bytes(), &t(*v));
+                *model.entry(k.to_be_bytes()).or_default() += v;
+            }
+            let mut m = Table::new(1024, 2);
+            prop_assert_eq!(m.merge_from(&ta), 0);
+            prop_assert_eq!(m.merge_from(&tb), 0);
+            prop_assert_eq!(m.len(), model.len());
+            for (k, v) in &model {
+                prop_assert_eq!(m.get(k).map(|t| t.bytes), Some(*v));
+            }
+        }
+    }
+
+    #[test]
+    fn full_table_overflows_and_clear_resets() {
+        let mut table = Table::new(16, 4);
+        assert_eq!(table.max_keys(), 14);
+        for i in 0..14u32 {
+            assert!(table.add(&i.to_be_bytes(), &t(1)));
+        }
+        assert!(!table.add(&99u32.to_be_bytes(), &t(5)));
+        assert!(
+            table.add(&3u32.to_be_bytes(), &t(2)),
+            "existing keys still add"
+        );
+        assert_eq!(table.overflow().bytes, 5);
+        assert_eq!(table.overflow_adds(), 1);
+        assert_eq!(table.get(&3u32.to_be_bytes()).unwrap().bytes, 3);
+        assert!(
+            !table.add(&[1, 2], &t(1)),
+            "wrong key length goes to overflow"
+        );
+
+        table.clear();
+        assert!(table.is_empty());
+        assert_eq!(table.get(&3u32.to_be_bytes()), None);
+        assert!(table.add(&99u32.to_be_bytes(), &t(5)));
+        assert_eq!(table.len(), 1);
+    }
+}
