@@ -1,0 +1,893 @@
+//! The Kafka sink: one JSON document per key per window on the aggregates topic, one per alert
+//! on the alerts topic, shaped for OpenSearch's pull-based (Kafka) ingestion.
+//!
+//! # Documents
+//!
+//! An aggregate is a flat object: `@timestamp` (the window start, ISO-8601 UTC), `window_start`
+//! (Unix seconds), `dimension`, `key` (the `|`-joined text), every key field by name with its
+//! natural JSON type (`"src_ip": "10.0.0.1"`, `"dst_port": 443`), `bytes`, `packets`, `flows`,
+//! `raw_bytes`, `raw_packets`, `overflow` (`false`), `instance` (which flowplane wrote it) and
+//! `id`. A dimension whose workers' tables overflowed in the window also gets one document with
+//! `"key": "__overflow__"`, `"overflow": true` and no key fields, so that a dimension's
+//! documents always add up to everything flowplane accepted.
+//!
+//! An alert has `@timestamp`, `window_start`, `dimension`, `key`, `value`, `mean`, `stddev`,
+//! `score`, `threshold`, `instance` and `id`.
+//!
+//! The message key is `dimension|key` (e.g. `dst_port|443`): all windows of one key land in one
+//! partition, in order, and equal key text in two dimensions (`src_ip` and `dst_ip` both
+//! `10.0.0.1`) stays apart.
+//!
+//! # Delivery
+//!
+//! `send` is all-or-error: it enqueues every document of the window, flushes with a bounded
+//! timeout (`message_timeout_ms` plus a margin) and checks the delivery report of every message.
+//! If one failed, it purges what is still queued and returns an error, and the engine resends
+//! the whole window. Documents that did get through are then written twice: delivery is
+//! **at-least-once**. Every document carries a deterministic `id`
+//! (`dimension|key|window_start|instance`), to be used as the OpenSearch `_id`, so that the
+//! duplicate replaces the first copy instead of adding to it. The instance is part of the id
+//! because several flowplane instances may write the same key and window: their documents must
+//! add up, not replace each other.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use flowplane_engine::{AggEntry, Alert, KeyValue, SinkError, Totals, WindowBatch};
+use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::SinkConfigError;
+use crate::ratelimit::{RateLimit, WARN_INTERVAL};
+
+/// `[kafka]`: where and how the Kafka sink writes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port` separated by commas. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic of the per-key aggregates. Default `flowplane.aggregates`.
+    pub aggregates_topic: String,
+    /// Topic of the Z-score alerts. Default `flowplane.alerts`.
+    pub alerts_topic: String,
+    /// Name of this flowplane in documents and ids; empty means the host name. Must differ
+    /// between instances writing to the same topics. Default empty.
+    pub instance: String,
+    /// Create both topics at start when they do not exist. Default `true`.
+    pub create_topics: bool,
+    /// Partitions of a topic flowplane creates. Default 1.
+    pub topic_partitions: i32,
+    /// Replication factor of a topic flowplane creates. Default 1.
+    pub topic_replication: i32,
+    /// `linger.ms`: how long the producer waits to fill a batch. Default 50.
+    pub linger_ms: u64,
+    /// `batch.size`: bytes per partition batch. Default 1000000.
+    pub batch_size_bytes: u64,
+    /// `compression.type`. Default `lz4`.
+    pub compression: Compression,
+    /// `enable.idempotence`: no duplicates from the producer's own retries. Default `true`.
+    pub idempotence: bool,
+    /// `message.timeout.ms`: how long a message may take to be delivered before `send` fails.
+    /// Default 5000.
+    pub message_timeout_ms: u64,
+    /// Further librdkafka settings, passed through as they are (they override the above), e.g.
+    /// `"security.protocol" = "ssl"`. Default empty.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            aggregates_topic: "flowplane.aggregates".to_owned(),
+            alerts_topic: "flowplane.alerts".to_owned(),
+            instance: String::new(),
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication: 1,
+            linger_ms: 50,
+            batch_size_bytes: 1_000_000,
+            compression: Compression::Lz4,
+            idempotence: true,
+            message_timeout_ms: 5_000,
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// Producer compression (`compression.type`). zstd is not offered: the librdkafka built here
+/// has no libzstd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (zlib).
+    Gzip,
+    /// LZ4 (bundled with librdkafka).
+    #[default]
+    Lz4,
+    /// No compression.
+    None,
+    /// Snappy (bundled with librdkafka).
+    Snappy,
+}
+
+impl Compression {
+    /// The librdkafka name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Lz4 => "lz4",
+            Self::None => "none",
+            Self::Snappy => "snappy",
+        }
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Checks every setting, the pass-through `producer` table included (librdkafka is asked
+    /// whether it knows each name and accepts each value; nothing connects).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkConfigError`] for the first setting refused, named without the table
+    /// (`brokers`, `producer.acks`).
+    pub fn validate(&self) -> Result<(), SinkConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(SinkConfigError::new("brokers", "must not be empty"));
+        }
+        for broker in self.brokers.split(',').map(str::trim) {
+            let port = broker
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(1..))) if !host.is_empty()) {
+                return Err(SinkConfigError::new(
+                    "brokers",
+                    format!("`{broker}` is not host:port"),
+                ));
+            }
+        }
+        topic_name("aggregates_topic", &self.aggregates_topic)?;
+        topic_name("alerts_topic", &self.alerts_topic)?;
+        if self.aggregates_topic == self.alerts_topic {
+            return Err(SinkConfigError::new(
+                "alerts_topic",
+                "must differ from aggregates_topic",
+            ));
+        }
+        if self.instance.chars().any(|c| c.is_control() || c == '|') {
+            return Err(SinkConfigError::new(
+                "instance",
+                "must not contain `|` or control characters",
+            ));
+        }
+        range("topic_partitions", self.topic_partitions, 1, 10_000)?;
+        range("topic_replication", self.topic_replication, 1, 100)?;
+        range("linger_ms", self.linger_ms, 0, 60_000)?;
+        range("batch_size_bytes", self.batch_size_bytes, 1, 2_147_483_647)?;
+        range("message_timeout_ms", self.message_timeout_ms, 100, 600_000)?;
+
+        for (name, value) in &self.producer {
+            let mut one = ClientConfig::new();
+            one.set(name, value);
+            if let Err(e) = one.create_native_config() {
+                return Err(SinkConfigError::new(
+                    format!("producer.{name}"),
+                    e.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The producer settings: ours, then the `producer` table.
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "flowplane")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("batch.size", self.batch_size_bytes.to_string())
+            .set("compression.type", self.compression.as_str())
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            // Fail fast on a dead address instead of librdkafka's 30 s default.
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .set("reconnect.backoff.max.ms", "2000");
+        for (k, v) in &self.producer {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn instance_name(&self) -> String {
+        if self.instance.is_empty() {
+            crate::host_name()
+        } else {
+            self.instance.clone()
+        }
+    }
+}
+
+/// Writes every window to Kafka. See the [module documentation](self).
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    instance: String,
+    producer: Option<BaseProducer<Deliveries>>,
+    /// Topics still to be created (the attempt at start did not get an answer).
+    topics_pending: bool,
+    last_topic_attempt: Option<Instant>,
+    warn: RateLimit,
+}
+
+impl KafkaSink {
+    /// A sink for this configuration. When `create_topics` is on, asks the brokers to create
+    /// the topics (waiting at most 3 s; a failure is logged, retried after a failed send, and
+    /// never fatal: the broker may create topics itself). The producer is made on the first
+    /// [`send`](Self::send).
+    ///
+    /// # Errors
+    ///
+    /// [`SinkConfigError`] when the configuration is invalid; never because Kafka is down.
+    pub fn new(config: KafkaSinkConfig) -> Result<Self, SinkConfigError> {
+        config.validate()?;
+        let mut sink = Self {
+            instance: config.instance_name(),
+            topics_pending: config.create_topics,
+            config,
+            producer: None,
+            last_topic_attempt: None,
+            warn: RateLimit::new(WARN_INTERVAL),
+        };
+        sink.ensure_topics();
+        Ok(sink)
+    }
+
+    /// The `instance` written into documents.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Creates the topics when that is still to be done, bounded by [`ADMIN_TIMEOUT`].
+    fn ensure_topics(&mut self) {
+        if !self.topics_pending {
+            return;
+        }
+        self.last_topic_attempt = Some(Instant::now());
+        match create_topics(&self.config) {
+            Ok(()) => self.topics_pending = false,
+            Err(error) => tracing::warn!(
+                sink = NAME,
+                brokers = %self.config.brokers,
+                %error,
+                "Cannot create the Kafka topics; continuing (the broker may create them)."
+            ),
+        }
+    }
+
+    fn producer(&mut self) -> Result<&BaseProducer<Deliveries>, SinkError> {
+        if self.producer.is_none() {
+            let p = self
+                .config
+                .client_config()
+                .create_with_context(Deliveries::default())
+                .map_err(|e| SinkError::Unavailable {
+                    sink: NAME,
+                    reason: format!("cannot create the producer: {e}"),
+                })?;
+            self.producer = Some(p);
+        }
+        // Set just above when it was missing.
+        self.producer
+            .as_ref()
+            .ok_or_else(|| SinkError::Unavailable {
+                sink: NAME,
+                reason: "no producer".to_owned(),
+            })
+    }
+
+    fn write(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+        let messages = encode(batch, &self.instance);
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.message_timeout_ms) + FLUSH_MARGIN;
+        let deadline = Instant::now() + timeout;
+        let (aggregates, alerts) = (
+            self.config.aggregates_topic.clone(),
+            self.config.alerts_topic.clone(),
+        );
+        let producer = self.producer()?;
+        let generation = producer.context().start();
+
+        // Enqueue everything; a full local queue drains while we poll.
+        for m in &messages {
+            let topic = match m.topic {
+                Topic::Aggregates => aggregates.as_str(),
+                Topic::Alerts => alerts.as_str(),
+            };
+            let mut record = BaseRecord::with_opaque_to(topic, generation)
+                .key(m.key.as_bytes())
+                .payload(m.payload.as_bytes());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if Instant::now() < deadline =>
+                    {
+                        record = r;
+                        producer.poll(Duration::from_millis(20));
+                    }
+                    Err((e, _)) => {
+                        producer.purge(PurgeConfig::default().queue().inflight());
+                        return Err(classify(&e));
+                    }
+                }
+            }
+        }
+
+        // Wait for every delivery report, then check them all.
+        let flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+        let outcome = producer.context().outcome();
+        if outcome.delivered == messages.len() {
+            return Ok(());
+        }
+        producer.purge(PurgeConfig::default().queue().inflight());
+        // Deliver the purge reports now, so they are not counted against the next window.
+        producer.poll(Duration::ZERO);
+        Err(match (outcome.first_error, flushed) {
+            (Some(e), _) => classify(&e),
+            (None, Err(e)) => SinkError::Unavailable {
+                sink: NAME,
+                reason: format!(
+                    "{} of {} messages delivered before the timeout ({e})",
+                    outcome.delivered,
+                    messages.len()
+                ),
+            },
+            (None, Ok(())) => SinkError::Unavailable {
+                sink: NAME,
+                reason: format!(
+                    "{} of {} messages delivered",
+                    outcome.delivered,
+                    messages.len()
+                ),
+            },
+        })
+    }
+}
+
+impl flowplane_engine::Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn send(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+        let result = self.write(batch);
+        let Err(error) = &result else {
+            return result;
+        };
+
+        // A fatal producer error (idempotence state lost) needs a new producer.
+        if let Some(p) = &self.producer
+            && let Some((code, reason)) = p.client().fatal_error()
+        {
+            tracing::info!(sink = NAME, ?code, %reason, "Kafka producer failed; making a new one.");
+            self.producer = None;
+        }
+        if self
+            .last_topic_attempt
+            .is_none_or(|t| t.elapsed() >= TOPIC_RETRY)
+        {
+            self.ensure_topics();
+        }
+        if let Some(suppressed) = self.warn.allow(Instant::now()) {
+            tracing::warn!(
+                sink = NAME,
+                window_start = batch.window_start,
+                suppressed,
+                %error,
+                "Kafka write failed."
+            );
+        }
+        result
+    }
+}
+
+/// The aggregate document of one key of one window.
+pub fn aggregate_doc(
+    dimension: &str,
+    entry: &AggEntry,
+    window_start: u64,
+    instance: &str,
+) -> Value {
+    let mut doc = Map::new();
+    for (name, value) in &entry.fields {
+        let v = match value {
+            KeyValue::Ip(ip) => Value::String(ip.to_string()),
+            KeyValue::Num(n) => Value::from(*n),
+        };
+        doc.insert((*name).to_owned(), v);
+    }
+    // Fixed fields after the key fields: no key field name equals one of them, and if one ever
+    // did, the fixed field would win.
+    fill_common(&mut doc, dimension, &entry.key, window_start, instance);
+    fill_totals(&mut doc, &entry.totals);
+    doc.insert("overflow".to_owned(), Value::Bool(false));
+    Value::Object(doc)
+}
+
+/// The document of a dimension's overflow totals in one window (key [`OVERFLOW_KEY`]).
+pub fn overflow_doc(
+    dimension: &str,
+    overflow: &Totals,
+    window_start: u64,
+    instance: &str,
+) -> Value {
+    let mut doc = Map::new();
+    fill_common(&mut doc, dimension, OVERFLOW_KEY, window_start, instance);
+    fill_totals(&mut doc, overflow);
+    doc.insert("overflow".to_owned(), Value::Bool(true));
+    Value::Object(doc)
+}
+
+/// The document of one alert.
+pub fn alert_doc(alert: &Alert, instance: &str) -> Value {
+    let mut doc = Map::new();
+    fill_common(
+        &mut doc,
+        &alert.dimension,
+        &alert.key,
+        alert.window_start,
+        instance,
+    );
+    for (name, v) in [
+        ("value", alert.value),
+        ("mean", alert.mean),
+        ("stddev", alert.stddev),
+        ("score", alert.score),
+        ("threshold", alert.threshold),
+    ] {
+        // JSON has no NaN or infinity: those become null.
+        doc.insert(name.to_owned(), json!(v));
+    }
+    Value::Object(doc)
+}
+
+/// The message key of a document: `dimension|key`.
+pub fn message_key(dimension: &str, key: &str) -> String {
+    format!("{dimension}|{key}")
+}
+
+/// The deterministic document id: `dimension|key|window_start|instance`.
+pub fn doc_id(dimension: &str, key: &str, window_start: u64, instance: &str) -> String {
+    format!("{dimension}|{key}|{window_start}|{instance}")
+}
+
+/// The `key` of a dimension's overflow document.
+pub const OVERFLOW_KEY: &str = "__overflow__";
+
+/// Waits for the brokers' metadata, so a test or a tool can tell whether Kafka answers.
+///
+/// # Errors
+///
+/// The client's error when the brokers do not answer within `timeout`.
+pub fn probe(config: &KafkaSinkConfig, timeout: Duration) -> Result<(), KafkaError> {
+    let p: BaseProducer = config.client_config().create()?;
+    p.client().fetch_metadata(None, timeout).map(|_| ())
+}
+
+fn fill_common(doc: &mut Map<String, Value>, dim: &str, key: &str, window: u64, instance: &str) {
+    doc.insert(
+        "@timestamp".to_owned(),
+        Value::String(crate::iso8601(window)),
+    );
+    doc.insert("window_start".to_owned(), Value::from(window));
+    doc.insert("dimension".to_owned(), Value::String(dim.to_owned()));
+    doc.insert("key".to_owned(), Value::String(key.to_owned()));
+    doc.insert("instance".to_owned(), Value::String(instance.to_owned()));
+    doc.insert(
+        "id".to_owned(),
+        Value::String(doc_id(dim, key, window, instance)),
+    );
+}
+
+fn fill_totals(doc: &mut Map<String, Value>, t: &Totals) {
+    for (name, v) in [
+        ("bytes", t.bytes),
+        ("packets", t.packets),
+        ("flows", t.flows),
+        ("raw_bytes", t.raw_bytes),
+        ("raw_packets", t.raw_packets),
+    ] {
+        doc.insert(name.to_owned(), Value::from(v));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topic {
+    Aggregates,
+    Alerts,
+}
+
+/// One message to produce.
+#[derive(Debug)]
+struct Message {
+    topic: Topic,
+    key: String,
+    payload: String,
+}
+
+/// Every message of a window: each key's aggregate, each nonzero overflow, each alert.
+fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
+    let w = batch.window_start;
+    let mut out = Vec::new();
+    for dim in &batch.dimensions {
+        for e in &dim.entries {
+            out.push(Message {
+                topic: Topic::Aggregates,
+                key: message_key(&dim.dimension, &e.key),
+                payload: aggregate_doc(&dim.dimension, e, w, instance).to_string(),
+            });
+        }
+        if dim.overflow != Totals::default() {
+            out.push(Message {
+                topic: Topic::Aggregates,
+                key: message_key(&dim.dimension, OVERFLOW_KEY),
+                payload: overflow_doc(&dim.dimension, &dim.overflow, w, instance).to_string(),
+            });
+        }
+    }
+    for a in &batch.alerts {
+        out.push(Message {
+            topic: Topic::Alerts,
+            key: message_key(&a.dimension, &a.key),
+            payload: alert_doc(a, instance).to_string(),
+        });
+    }
+    out
+}
+
+/// Delivery reports of the current `send`: messages carry the generation they were sent in,
+/// and reports of an older generation (purged leftovers) are ignored.
+#[derive(Default)]
+struct Deliveries {
+    state: Mutex<DeliveryState>,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    generation: usize,
+    delivered: usize,
+    first_error: Option<KafkaError>,
+}
+
+struct Outcome {
+    delivered: usize,
+    first_error: Option<KafkaError>,
+}
+
+impl Deliveries {
+    /// Starts counting a new send; returns its generation.
+    fn start(&self) -> usize {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.generation = s.generation.wrapping_add(1);
+        s.delivered = 0;
+        s.first_error = None;
+        s.generation
+    }
+
+    fn outcome(&self) -> Outcome {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Outcome {
+            delivered: s.delivered,
+            first_error: s.first_error.take(),
+        }
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, generation: usize) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if generation != s.generation {
+            return;
+        }
+        match result {
+            Ok(_) => s.delivered += 1,
+            Err((e, _)) => {
+                if s.first_error.is_none() {
+                    s.first_error = Some(e.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Creates both topics; an existing topic is fine.
+fn create_topics(config: &KafkaSinkConfig) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(|e| format!("cannot create the admin client: {e}"))?;
+    let topics = [
+        NewTopic::new(
+            &config.aggregates_topic,
+            config.topic_partitions,
+            TopicReplication::Fixed(config.topic_replication),
+        ),
+        NewTopic::new(
+            &config.alerts_topic,
+            config.topic_partitions,
+            TopicReplication::Fixed(config.topic_replication),
+        ),
+    ];
+    let options = AdminOptions::new()
+        .request_timeout(Some(ADMIN_TIMEOUT))
+        .operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = block_on_until(
+        admin.create_topics(&topics, &options),
+        Instant::now() + ADMIN_TIMEOUT + FLUSH_MARGIN,
+    )
+    .ok_or("no answer in time")?
+    .map_err(|e| e.to_string())?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(sink = NAME, %topic, "Created Kafka topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a future on this thread until it completes or the deadline passes. The admin client's
+/// futures are completed by librdkafka's own thread, so parking is all it takes.
+fn block_on_until<F: Future>(f: F, deadline: Instant) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
+fn classify(e: &KafkaError) -> SinkError {
+    let code = e.rdkafka_error_code();
+    let rejected = matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    );
+    if rejected {
+        SinkError::Rejected {
+            sink: NAME,
+            reason: e.to_string(),
+        }
+    } else {
+        SinkError::Unavailable {
+            sink: NAME,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+fn topic_name(setting: &str, name: &str) -> Result<(), SinkConfigError> {
+    let ok = (1..=249).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(SinkConfigError::new(
+            setting,
+            format!("{name:?} is not a topic name (1 to 249 of a-z A-Z 0-9 . _ -)"),
+        ))
+    }
+}
+
+fn range(setting: &str, v: impl Into<i128>, min: i128, max: i128) -> Result<(), SinkConfigError> {
+    let v = v.into();
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(SinkConfigError::new(
+            setting,
+            format!("{v} is outside the allowed range {min} to {max}"),
+        ))
+    }
+}
+
+const NAME: &str = "kafka";
+
+/// How long topic creation may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Added to `message_timeout_ms` for the flush, so that librdkafka's own timeout fires first.
+const FLUSH_MARGIN: Duration = Duration::from_secs(1);
+
+/// How often topic creation is retried after failed sends while it has not succeeded.
+const TOPIC_RETRY: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use flowplane_engine::DimensionWindow;
+
+    use super::*;
+
+    fn entry() -> AggEntry {
+        AggEntry {
+            key: "10.0.0.1|443|6".to_owned(),
+            fields: vec![
+                (
+                    "src_ip",
+                    KeyValue::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+                ),
+                ("dst_port", KeyValue::Num(443)),
+                ("protocol", KeyValue::Num(6)),
+            ],
+            totals: Totals {
+                bytes: 1_500,
+                packets: 3,
+                flows: 1,
+                raw_bytes: 150,
+                raw_packets: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn aggregate_documents_are_flat() {
+        let doc = aggregate_doc("src_ip+dst_port+protocol", &entry(), 1_700_000_000, "a1");
+        assert_eq!(
+            doc,
+            json!({
+                "@timestamp": "2023-11-14T22:13:20Z",
+                "window_start": 1_700_000_000u64,
+                "dimension": "src_ip+dst_port+protocol",
+                "key": "10.0.0.1|443|6",
+                "src_ip": "10.0.0.1",
+                "dst_port": 443,
+                "protocol": 6,
+                "bytes": 1_500,
+                "packets": 3,
+                "flows": 1,
+                "raw_bytes": 150,
+                "raw_packets": 1,
+                "overflow": false,
+                "instance": "a1",
+                "id": "src_ip+dst_port+protocol|10.0.0.1|443|6|1700000000|a1",
+            })
+        );
+    }
+
+    #[test]
+    fn overflow_and_alert_documents() {
+        let t = Totals {
+            bytes: 9,
+            ..Totals::default()
+        };
+        let doc = overflow_doc("dst_port", &t, 60, "a1");
+        assert_eq!(doc["key"], "__overflow__");
+        assert_eq!(doc["overflow"], true);
+        assert_eq!(doc["bytes"], 9);
+        assert_eq!(doc["@timestamp"], "1970-01-01T00:01:00Z");
+
+        let alert = Alert {
+            dimension: Arc::from("dst_port"),
+            key: "22".to_owned(),
+            window_start: 60,
+            value: 1e6,
+            mean: 10.0,
+            stddev: f64::NAN,
+            score: 7.5,
+            threshold: 4.0,
+        };
+        let doc = alert_doc(&alert, "a1");
+        assert_eq!(doc["score"], 7.5);
+        assert_eq!(doc["stddev"], Value::Null);
+        assert_eq!(doc["id"], "dst_port|22|60|a1");
+    }
+
+    #[test]
+    fn encodes_every_key_overflow_and_alert_with_dimension_prefixed_keys() {
+        let batch = WindowBatch {
+            window_start: 60,
+            dimensions: vec![
+                DimensionWindow {
+                    dimension: Arc::from("src_ip+dst_port+protocol"),
+                    entries: vec![entry(), entry()],
+                    overflow: Totals {
+                        flows: 1,
+                        ..Totals::default()
+                    },
+                },
+                DimensionWindow {
+                    dimension: Arc::from("dst_port"),
+                    entries: vec![],
+                    overflow: Totals::default(),
+                },
+            ],
+            alerts: vec![],
+        };
+        let m = encode(&batch, "a1");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].key, "src_ip+dst_port+protocol|10.0.0.1|443|6");
+        assert_eq!(m[2].key, "src_ip+dst_port+protocol|__overflow__");
+        assert!(m.iter().all(|m| m.topic == Topic::Aggregates));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        KafkaSinkConfig::default().validate().unwrap();
+        let bad = |f: &dyn Fn(&mut KafkaSinkConfig)| {
+            let mut c = KafkaSinkConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().setting
+        };
+        assert_eq!(bad(&|c| c.brokers = String::new()), "brokers");
+        assert_eq!(bad(&|c| c.brokers = "host".into()), "brokers");
+        assert_eq!(bad(&|c| c.brokers = "a:1,b:x".into()), "brokers");
+        assert_eq!(
+            bad(&|c| c.aggregates_topic = String::new()),
+            "aggregates_topic"
+        );
+        assert_eq!(bad(&|c| c.alerts_topic = "a b".into()), "alerts_topic");
+        assert_eq!(
+            bad(&|c| c.alerts_topic = c.aggregates_topic.clone()),
+            "alerts_topic"
+        );
+        assert_eq!(bad(&|c| c.message_timeout_ms = 0), "message_timeout_ms");
+        assert_eq!(bad(&|c| c.topic_partitions = 0), "topic_partitions");
+        assert_eq!(
+            bad(&|c| {
+                c.producer.insert("no.such.setting".into(), "1".into());
+            }),
+            "producer.no.such.setting"
+        );
+        let mut ok = KafkaSinkConfig::default();
+        ok.producer.insert("acks".into(), "all".into());
+        ok.validate().unwrap();
+    }
+}

@@ -1,0 +1,899 @@
+//! The Valkey sink (the hot 5-minute window) and the queries that read it back.
+//!
+//! # Key layout
+//!
+//! For every dimension `D` and window second `S` (Unix seconds), with `P` the key prefix
+//! (`key_prefix`, default `fp`):
+//!
+//! | Key | Type | Content |
+//! |---|---|---|
+//! | `P:z:D:S` | sorted set | member = key text (`10.0.0.1\|443\|6`), score = bytes |
+//! | `P:h:D:S` | hash | `p\|KEY` packets, `f\|KEY` flows, `rb\|KEY` raw bytes, `rp\|KEY` raw packets |
+//! | `P:t:D:S` | hash | the dimension's window totals: `bytes`, `packets`, `flows`, `raw_bytes`, `raw_packets` (every key plus overflow) and `overflow_bytes` ... `overflow_raw_packets` |
+//! | `P:dims` | set | dimension names written in the last TTL |
+//! | `P:m:I:S:C` | string | marker: chunk `C` of window `S` from instance `I` was applied |
+//!
+//! Every write is an increment (`ZINCRBY`, `HINCRBY`), never a `SET`, so several flowplane
+//! instances can write the same bucket and the values add up. Every key written gets
+//! `EXPIRE ttl_secs` (default 301) in the same transaction, so a bucket disappears `ttl_secs`
+//! after its last write and no clean-up job is needed. Scores are doubles: byte counts are
+//! exact up to 2^53 per bucket.
+//!
+//! # Batches, chunks and resends
+//!
+//! A window goes out as one `MULTI`/`EXEC` pipeline, in one round trip. A window larger than
+//! `max_pipeline_commands` commands is split into several transactions (chunks), in a fixed
+//! order, so that one huge window does not make Valkey queue millions of commands at once.
+//! Each chunk's transaction also sets its marker key. Before writing, the sink asks (one
+//! pipelined round trip) which markers of this window exist and skips those chunks: a resend of
+//! a window that failed half-way applies only the chunks that did not land, and the counts are
+//! not doubled. The marker names this process (`instance`: host name, process id, start time),
+//! so two flowplane instances never skip each other's writes.
+//!
+//! # Queries
+//!
+//! [`top`] ranks a dimension's keys by bytes over the last N seconds: `ZUNIONSTORE` of the N
+//! per-second sorted sets into a temporary key, `ZREVRANGE` of its head and `DEL`, in one
+//! transaction; then one pipelined `HMGET` per second for the head's packets and flows and one
+//! `HGETALL` per second for the totals. [`series`] reads one key's per-second values: one
+//! `ZSCORE` and one `HMGET` per second, pipelined.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flowplane_engine::{SinkError, Totals, WindowBatch};
+use redis::{Connection, Pipeline};
+use serde::Deserialize;
+
+use crate::SinkConfigError;
+use crate::ratelimit::{RateLimit, WARN_INTERVAL};
+
+/// `[valkey]`: where and how the Valkey sink writes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ValkeySinkConfig {
+    /// Server URL: `redis://[user:password@]host[:port][/db]` (`valkey://` too, or
+    /// `unix:///path/to.sock`). TLS is not built in. Default `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// First component of every key written. Default `fp`.
+    pub key_prefix: String,
+    /// Seconds each bucket lives after its last write. Default 301 (5 minutes and one second,
+    /// so a 300 s query always finds its oldest second).
+    pub ttl_secs: u64,
+    /// Milliseconds to wait for a TCP connection. Default 2000.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds to wait for a reply (and for a write to the socket). Default 5000.
+    pub response_timeout_ms: u64,
+    /// Commands per transaction; a larger window is written as several. Default 100000.
+    pub max_pipeline_commands: usize,
+}
+
+impl Default for ValkeySinkConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "fp".to_owned(),
+            ttl_secs: 301,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 5_000,
+            max_pipeline_commands: 100_000,
+        }
+    }
+}
+
+impl ValkeySinkConfig {
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkConfigError`] for the first setting refused, named without the table (`url`).
+    pub fn validate(&self) -> Result<(), SinkConfigError> {
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            return Err(SinkConfigError::new(
+                "url",
+                format!("`{}` is not a Valkey URL ({e})", self.url),
+            ));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(SinkConfigError::new("key_prefix", "must not be empty"));
+        }
+        if self
+            .key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(SinkConfigError::new(
+                "key_prefix",
+                format!("{:?} contains white space", self.key_prefix),
+            ));
+        }
+        range("ttl_secs", self.ttl_secs, 1, 86_400)?;
+        range("connect_timeout_ms", self.connect_timeout_ms, 100, 60_000)?;
+        range("response_timeout_ms", self.response_timeout_ms, 100, 60_000)?;
+        range(
+            "max_pipeline_commands",
+            self.max_pipeline_commands as u64,
+            100,
+            10_000_000,
+        )
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+}
+
+/// Writes every window to Valkey. See the [module documentation](self) for the layout.
+pub struct ValkeySink {
+    config: ValkeySinkConfig,
+    client: redis::Client,
+    conn: Option<Connection>,
+    instance: String,
+    warn: RateLimit,
+}
+
+impl ValkeySink {
+    /// A sink for this configuration. Does not connect: the first [`send`](Self::send) does,
+    /// and every `send` after a failure reconnects.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkConfigError`] when the configuration is invalid; never because Valkey is down.
+    pub fn new(config: ValkeySinkConfig) -> Result<Self, SinkConfigError> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| SinkConfigError::new("url", e.to_string()))?;
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let instance = format!("{}-{}-{started:x}", crate::host_name(), std::process::id());
+        Ok(Self {
+            config,
+            client,
+            conn: None,
+            instance,
+            warn: RateLimit::new(WARN_INTERVAL),
+        })
+    }
+
+    /// The connection, made now if there is none.
+    fn connection(&mut self) -> Result<&mut Connection, SinkError> {
+        if self.conn.is_none() {
+            let conn = open(&self.client, &self.config).map_err(|e| unavailable(&e))?;
+            tracing::debug!(sink = NAME, url = %self.config.url, "Connected to Valkey.");
+            self.conn = Some(conn);
+        }
+        // Set just above when it was missing.
+        self.conn.as_mut().ok_or_else(|| SinkError::Unavailable {
+            sink: NAME,
+            reason: "no connection".to_owned(),
+        })
+    }
+
+    fn write(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+        let chunks = plan(
+            batch,
+            &self.config.key_prefix,
+            &self.instance,
+            self.config.ttl_secs,
+            self.config.max_pipeline_commands,
+        );
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let conn = self.connection()?;
+
+        // Which chunks already landed (a resend after a failure half-way).
+        let mut exists = redis::pipe();
+        for chunk in &chunks {
+            exists.cmd("EXISTS").arg(&chunk.marker);
+        }
+        let landed: Vec<bool> = exists.query(conn).map_err(|e| classify(&e))?;
+
+        for (chunk, landed) in chunks.iter().zip(landed) {
+            if landed {
+                tracing::debug!(sink = NAME, marker = %chunk.marker, "Chunk already written.");
+                continue;
+            }
+            chunk.pipe.query::<()>(conn).map_err(|e| classify(&e))?;
+        }
+        Ok(())
+    }
+}
+
+impl flowplane_engine::Sink for ValkeySink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn send(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+        let result = self.write(batch);
+        if let Err(error) = &result {
+            // A connection that failed once is not trusted again: the next send reconnects.
+            self.conn = None;
+            if let Some(suppressed) = self.warn.allow(Instant::now()) {
+                tracing::warn!(
+                    sink = NAME,
+                    window_start = batch.window_start,
+                    suppressed,
+                    %error,
+                    "Valkey write failed."
+                );
+            }
+        }
+        result
+    }
+}
+
+/// Connects to the Valkey of a configuration, with its connect and response timeouts, for the
+/// queries below.
+///
+/// # Errors
+///
+/// [`QueryError::Config`] for a bad URL, [`QueryError::Unavailable`] when the server cannot be
+/// reached in time.
+pub fn connect(config: &ValkeySinkConfig) -> Result<Connection, QueryError> {
+    let client = redis::Client::open(config.url.as_str())
+        .map_err(|e| QueryError::Config(SinkConfigError::new("url", e.to_string())))?;
+    open(&client, config).map_err(|e| QueryError::Unavailable {
+        url: config.url.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// One key of a [`Ranking`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ranked {
+    /// Key text, e.g. `10.0.0.1|443|6`.
+    pub key: String,
+    /// Totals of the key over the window.
+    pub totals: Totals,
+}
+
+/// The answer of [`top`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ranking {
+    /// First second of the window (Unix seconds).
+    pub from_sec: u64,
+    /// Last second of the window (Unix seconds), included.
+    pub to_sec: u64,
+    /// The largest keys by bytes, largest first.
+    pub keys: Vec<Ranked>,
+    /// Distinct keys seen in the window.
+    pub distinct_keys: u64,
+    /// The dimension's totals over the window: every key plus overflow.
+    pub window: Totals,
+    /// The part of `window` that overflowed the workers' tables (no key).
+    pub overflow: Totals,
+}
+
+/// One second of a [`series`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// The second (Unix seconds).
+    pub sec: u64,
+    /// The key's totals in that second (zero when it had none).
+    pub totals: Totals,
+}
+
+/// The `n` largest keys of `dimension` by bytes over the `window_secs` seconds that end with
+/// `end_sec` (included).
+///
+/// # Errors
+///
+/// [`QueryError::Unavailable`] when Valkey does not answer, [`QueryError::Rejected`] when it
+/// refuses a command (e.g. a server older than 6.2, or a key of another type).
+pub fn top(
+    conn: &mut Connection,
+    prefix: &str,
+    dimension: &str,
+    end_sec: u64,
+    window_secs: u64,
+    n: usize,
+) -> Result<Ranking, QueryError> {
+    let secs = seconds(end_sec, window_secs);
+    let from_sec = secs.first().copied().unwrap_or(end_sec);
+
+    // Rank server-side: union into a temporary key, read its head, drop it, atomically.
+    let tmp = format!(
+        "{prefix}:tmp:{}:{:x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut rank = redis::pipe();
+    rank.atomic().cmd("ZUNIONSTORE").arg(&tmp).arg(secs.len());
+    for &sec in &secs {
+        rank.arg(zset_key(prefix, dimension, sec));
+    }
+    let stop = isize::try_from(n).unwrap_or(isize::MAX) - 1;
+    rank.cmd("ZREVRANGE")
+        .arg(&tmp)
+        .arg(0)
+        .arg(stop)
+        .arg("WITHSCORES")
+        .cmd("DEL")
+        .arg(&tmp)
+        .ignore();
+    let (distinct, head): (u64, Vec<(String, f64)>) = if n == 0 {
+        (0, Vec::new())
+    } else {
+        rank.query(conn).map_err(QueryError::from)?
+    };
+
+    // Packets, flows and raw counts of the head, and the dimension's totals, per second.
+    let mut detail = redis::pipe();
+    for &sec in &secs {
+        let cmd = detail.cmd("HMGET").arg(hash_key(prefix, dimension, sec));
+        for (key, _) in &head {
+            for kind in HASH_KINDS {
+                cmd.arg(hash_field(kind, key));
+            }
+        }
+        // HMGET needs at least one field.
+        if head.is_empty() {
+            cmd.arg(hash_field("p", ""));
+        }
+        detail
+            .cmd("HGETALL")
+            .arg(totals_key(prefix, dimension, sec));
+    }
+    let replies: Vec<redis::Value> = detail.query(conn).map_err(QueryError::from)?;
+
+    let mut keys: Vec<Ranked> = head
+        .iter()
+        .map(|(key, score)| Ranked {
+            key: key.clone(),
+            totals: Totals {
+                bytes: score_to_u64(*score),
+                ..Totals::default()
+            },
+        })
+        .collect();
+    let mut window = Totals::default();
+    let mut overflow = Totals::default();
+    for pair in replies.chunks(2) {
+        let [fields, totals] = pair else { break };
+        let fields: Vec<Option<u64>> = redis::from_redis_value_ref(fields)?;
+        for (ranked, values) in keys.iter_mut().zip(fields.chunks(HASH_KINDS.len())) {
+            add_hash_values(&mut ranked.totals, values);
+        }
+        let totals: Vec<(String, u64)> = redis::from_redis_value_ref(totals)?;
+        add_window_totals(&mut window, &mut overflow, &totals);
+    }
+
+    Ok(Ranking {
+        from_sec,
+        to_sec: end_sec,
+        keys,
+        distinct_keys: distinct,
+        window,
+        overflow,
+    })
+}
+
+/// One key's per-second totals over the `window_secs` seconds that end with `end_sec`, oldest
+/// first; seconds without the key are zero.
+///
+/// # Errors
+///
+/// As for [`top`].
+pub fn series(
+    conn: &mut Connection,
+    prefix: &str,
+    dimension: &str,
+    key: &str,
+    end_sec: u64,
+    window_secs: u64,
+) -> Result<Vec<Point>, QueryError> {
+    let secs = seconds(end_sec, window_secs);
+    let mut pipe = redis::pipe();
+    for &sec in &secs {
+        pipe.cmd("ZSCORE")
+            .arg(zset_key(prefix, dimension, sec))
+            .arg(key);
+        let cmd = pipe.cmd("HMGET").arg(hash_key(prefix, dimension, sec));
+        for kind in HASH_KINDS {
+            cmd.arg(hash_field(kind, key));
+        }
+    }
+    let replies: Vec<redis::Value> = pipe.query(conn).map_err(QueryError::from)?;
+
+    let mut points = Vec::with_capacity(secs.len());
+    for (&sec, pair) in secs.iter().zip(replies.chunks(2)) {
+        let [score, fields] = pair else { break };
+        let score: Option<f64> = redis::from_redis_value_ref(score)?;
+        let fields: Vec<Option<u64>> = redis::from_redis_value_ref(fields)?;
+        let mut totals = Totals {
+            bytes: score.map_or(0, score_to_u64),
+            ..Totals::default()
+        };
+        add_hash_values(&mut totals, &fields);
+        points.push(Point { sec, totals });
+    }
+    Ok(points)
+}
+
+/// The dimensions written in the last TTL (from `P:dims`), sorted.
+///
+/// # Errors
+///
+/// As for [`top`].
+pub fn dimensions(conn: &mut Connection, prefix: &str) -> Result<Vec<String>, QueryError> {
+    let mut dims: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(dims_key(prefix))
+        .query(conn)
+        .map_err(QueryError::from)?;
+    dims.sort();
+    Ok(dims)
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] SinkConfigError),
+    /// Valkey refused a command or answered something unexpected.
+    #[error("Valkey refused the query: {0}")]
+    Rejected(String),
+    /// Valkey could not be reached or did not answer in time.
+    #[error("cannot reach Valkey at {url}: {reason}")]
+    Unavailable {
+        /// The URL tried (may be empty when the connection broke mid-query).
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+}
+
+impl From<redis::RedisError> for QueryError {
+    fn from(e: redis::RedisError) -> Self {
+        if is_unavailable(&e) {
+            Self::Unavailable {
+                url: String::new(),
+                reason: e.to_string(),
+            }
+        } else {
+            Self::Rejected(e.to_string())
+        }
+    }
+}
+
+impl From<redis::ParsingError> for QueryError {
+    fn from(e: redis::ParsingError) -> Self {
+        Self::Rejected(e.to_string())
+    }
+}
+
+/// The sorted set of a dimension's keys by bytes in one second: `P:z:D:S`.
+pub fn zset_key(prefix: &str, dimension: &str, sec: u64) -> String {
+    format!("{prefix}:z:{dimension}:{sec}")
+}
+
+/// The hash of a dimension's other counters in one second: `P:h:D:S`.
+pub fn hash_key(prefix: &str, dimension: &str, sec: u64) -> String {
+    format!("{prefix}:h:{dimension}:{sec}")
+}
+
+/// The hash of a dimension's totals (keys plus overflow) in one second: `P:t:D:S`.
+pub fn totals_key(prefix: &str, dimension: &str, sec: u64) -> String {
+    format!("{prefix}:t:{dimension}:{sec}")
+}
+
+/// The set of dimensions written recently: `P:dims`.
+pub fn dims_key(prefix: &str) -> String {
+    format!("{prefix}:dims")
+}
+
+/// A field of the `P:h:D:S` hash: `p|KEY`, `f|KEY`, `rb|KEY` or `rp|KEY`. The kind comes first
+/// because key text itself contains `|`.
+pub fn hash_field(kind: &str, key: &str) -> String {
+    format!("{kind}|{key}")
+}
+
+/// One transaction of a window's write, and the marker it sets.
+#[derive(Debug)]
+struct Chunk {
+    pipe: Pipeline,
+    marker: String,
+}
+
+/// Builds a window's transactions, in a fixed order (so a resend builds the same chunks).
+fn plan(
+    batch: &WindowBatch,
+    prefix: &str,
+    instance: &str,
+    ttl: u64,
+    max_commands: usize,
+) -> Vec<Chunk> {
+    let sec = batch.window_start;
+    let mut chunks = Vec::new();
+    let mut b = ChunkBuilder::new(prefix, instance, sec, ttl);
+
+    for dim in &batch.dimensions {
+        let mut window = dim.overflow;
+        for e in &dim.entries {
+            window.add(&e.totals);
+        }
+        if dim.entries.is_empty() && window == Totals::default() {
+            continue;
+        }
+        let (zkey, hkey, tkey) = (
+            zset_key(prefix, &dim.dimension, sec),
+            hash_key(prefix, &dim.dimension, sec),
+            totals_key(prefix, &dim.dimension, sec),
+        );
+
+        // The dimension's totals and its name, once, in the chunk where the dimension starts.
+        let t = &mut b.pipe;
+        t.cmd("SADD")
+            .arg(dims_key(prefix))
+            .arg(&*dim.dimension)
+            .ignore();
+        for (field, value) in totals_fields(&window, &dim.overflow) {
+            t.cmd("HINCRBY").arg(&tkey).arg(field).arg(value).ignore();
+        }
+        b.commands += 11;
+        b.touch(&tkey);
+        b.touch(&dims_key(prefix));
+
+        for e in &dim.entries {
+            if b.commands >= max_commands {
+                chunks.push(b.finish());
+                b = ChunkBuilder::new(prefix, instance, sec, ttl);
+                b.index = chunks.len();
+            }
+            let t = &e.totals;
+            b.pipe
+                .cmd("ZINCRBY")
+                .arg(&zkey)
+                .arg(t.bytes)
+                .arg(&e.key)
+                .ignore();
+            b.commands += 1;
+            for (kind, value) in [
+                ("p", t.packets),
+                ("f", t.flows),
+                ("rb", t.raw_bytes),
+                ("rp", t.raw_packets),
+            ] {
+                // A zero increment changes nothing; the reader treats a missing field as 0.
+                if value == 0 {
+                    continue;
+                }
+                b.pipe
+                    .cmd("HINCRBY")
+                    .arg(&hkey)
+                    .arg(hash_field(kind, &e.key))
+                    .arg(value)
+                    .ignore();
+                b.commands += 1;
+            }
+            b.touch(&zkey);
+            b.touch(&hkey);
+        }
+    }
+    if b.commands > 0 {
+        chunks.push(b.finish());
+    }
+    chunks
+}
+
+/// Accumulates one chunk: its commands, then `EXPIRE` for every key it wrote and its marker.
+struct ChunkBuilder<'a> {
+    prefix: &'a str,
+    instance: &'a str,
+    sec: u64,
+    ttl: u64,
+    index: usize,
+    pipe: Pipeline,
+    commands: usize,
+    touched: Vec<String>,
+}
+
+impl<'a> ChunkBuilder<'a> {
+    fn new(prefix: &'a str, instance: &'a str, sec: u64, ttl: u64) -> Self {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        Self {
+            prefix,
+            instance,
+            sec,
+            ttl,
+            index: 0,
+            pipe,
+            commands: 0,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Remembers a key for the chunk's `EXPIRE`s (a few distinct keys per chunk: a linear
+    /// search is enough).
+    fn touch(&mut self, key: &str) {
+        if !self.touched.iter().any(|k| k == key) {
+            self.touched.push(key.to_owned());
+        }
+    }
+
+    fn finish(mut self) -> Chunk {
+        for key in &self.touched {
+            self.pipe.cmd("EXPIRE").arg(key).arg(self.ttl).ignore();
+        }
+        let marker = format!(
+            "{}:m:{}:{}:{}",
+            self.prefix, self.instance, self.sec, self.index
+        );
+        self.pipe
+            .cmd("SET")
+            .arg(&marker)
+            .arg(1)
+            .arg("EX")
+            .arg(self.ttl)
+            .ignore();
+        Chunk {
+            pipe: self.pipe,
+            marker,
+        }
+    }
+}
+
+/// The `P:t:D:S` fields and increments of one window.
+fn totals_fields(window: &Totals, overflow: &Totals) -> [(&'static str, u64); 10] {
+    [
+        ("bytes", window.bytes),
+        ("packets", window.packets),
+        ("flows", window.flows),
+        ("raw_bytes", window.raw_bytes),
+        ("raw_packets", window.raw_packets),
+        ("overflow_bytes", overflow.bytes),
+        ("overflow_packets", overflow.packets),
+        ("overflow_flows", overflow.flows),
+        ("overflow_raw_bytes", overflow.raw_bytes),
+        ("overflow_raw_packets", overflow.raw_packets),
+    ]
+}
+
+fn add_window_totals(window: &mut Totals, overflow: &mut Totals, fields: &[(String, u64)]) {
+    for (name, v) in fields {
+        let (t, field) = match name.strip_prefix("overflow_") {
+            Some(f) => (&mut *overflow, f),
+            None => (&mut *window, name.as_str()),
+        };
+        let slot = match field {
+            "bytes" => &mut t.bytes,
+            "packets" => &mut t.packets,
+            "flows" => &mut t.flows,
+            "raw_bytes" => &mut t.raw_bytes,
+            "raw_packets" => &mut t.raw_packets,
+            _ => continue,
+        };
+        *slot = slot.saturating_add(*v);
+    }
+}
+
+/// Adds the `p`, `f`, `rb`, `rp` values (in [`HASH_KINDS`] order) of one second.
+fn add_hash_values(t: &mut Totals, values: &[Option<u64>]) {
+    let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+    t.packets = t.packets.saturating_add(get(0));
+    t.flows = t.flows.saturating_add(get(1));
+    t.raw_bytes = t.raw_bytes.saturating_add(get(2));
+    t.raw_packets = t.raw_packets.saturating_add(get(3));
+}
+
+/// The seconds `end - window + 1 ..= end`.
+fn seconds(end_sec: u64, window_secs: u64) -> Vec<u64> {
+    let window = window_secs.max(1);
+    (end_sec.saturating_sub(window - 1)..=end_sec).collect()
+}
+
+/// A sorted-set score back to bytes (scores are sums of integers, so rounding only removes
+/// floating-point noise).
+fn score_to_u64(score: f64) -> u64 {
+    if score.is_finite() && score > 0.0 {
+        // `as` saturates at u64::MAX for larger values.
+        score.round() as u64
+    } else {
+        0
+    }
+}
+
+fn open(client: &redis::Client, config: &ValkeySinkConfig) -> redis::RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(config.connect_timeout())?;
+    conn.set_read_timeout(Some(config.response_timeout()))?;
+    conn.set_write_timeout(Some(config.response_timeout()))?;
+    Ok(conn)
+}
+
+fn is_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn classify(e: &redis::RedisError) -> SinkError {
+    if is_unavailable(e) {
+        unavailable(e)
+    } else {
+        SinkError::Rejected {
+            sink: NAME,
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn unavailable(e: &redis::RedisError) -> SinkError {
+    SinkError::Unavailable {
+        sink: NAME,
+        reason: e.to_string(),
+    }
+}
+
+fn range(setting: &str, v: u64, min: u64, max: u64) -> Result<(), SinkConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(SinkConfigError::new(
+            setting,
+            format!("{v} is outside the allowed range {min} to {max}"),
+        ))
+    }
+}
+
+const NAME: &str = "valkey";
+
+/// The kinds of `P:h:D:S` fields, in the order queries read them.
+const HASH_KINDS: [&str; 4] = ["p", "f", "rb", "rp"];
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use flowplane_engine::{AggEntry, DimensionWindow, KeyValue};
+
+    use super::*;
+
+    fn batch(entries: usize) -> WindowBatch {
+        WindowBatch {
+            window_start: 1_700_000_000,
+            dimensions: vec![DimensionWindow {
+                dimension: Arc::from("dst_port"),
+                entries: (0..entries)
+                    .map(|i| AggEntry {
+                        key: i.to_string(),
+                        fields: vec![("dst_port", KeyValue::Num(i as u64))],
+                        totals: Totals {
+                            bytes: 100,
+                            packets: 2,
+                            flows: 1,
+                            raw_bytes: 100,
+                            raw_packets: 2,
+                        },
+                    })
+                    .collect(),
+                overflow: Totals::default(),
+            }],
+            alerts: Vec::new(),
+        }
+    }
+
+    fn commands(pipe: &Pipeline) -> Vec<String> {
+        pipe.cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                        _ => "<other>".to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_layout() {
+        assert_eq!(
+            zset_key("fp", "src_ip+dst_port", 5),
+            "fp:z:src_ip+dst_port:5"
+        );
+        assert_eq!(hash_key("fp", "dst_port", 5), "fp:h:dst_port:5");
+        assert_eq!(totals_key("fp", "dst_port", 5), "fp:t:dst_port:5");
+        assert_eq!(dims_key("x"), "x:dims");
+        assert_eq!(hash_field("p", "10.0.0.1|443|6"), "p|10.0.0.1|443|6");
+    }
+
+    #[test]
+    fn one_window_is_one_transaction_of_increments_with_expiries() {
+        let chunks = plan(&batch(2), "fp", "i", 301, 100_000);
+        assert_eq!(chunks.len(), 1);
+        let cmds = commands(&chunks[0].pipe);
+        assert!(cmds.contains(&"ZINCRBY fp:z:dst_port:1700000000 100 0".to_owned()));
+        assert!(cmds.contains(&"HINCRBY fp:h:dst_port:1700000000 p|1 2".to_owned()));
+        assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 200".to_owned()));
+        for key in ["z", "h", "t"] {
+            let expire = format!("EXPIRE fp:{key}:dst_port:1700000000 301");
+            assert!(cmds.contains(&expire), "{expire} missing from {cmds:?}");
+        }
+        assert!(cmds.contains(&"EXPIRE fp:dims 301".to_owned()));
+        assert_eq!(cmds.last().unwrap(), "SET fp:m:i:1700000000:0 1 EX 301");
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| c.starts_with("SET fp:z") || c.starts_with("HSET"))
+        );
+    }
+
+    #[test]
+    fn big_windows_split_into_chunks_that_each_expire_what_they_write() {
+        let chunks = plan(&batch(1_000), "fp", "i", 301, 1_000);
+        assert!(chunks.len() >= 5, "{}", chunks.len());
+        let mut zincrby = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.marker, format!("fp:m:i:1700000000:{i}"));
+            let cmds = commands(&chunk.pipe);
+            zincrby += cmds.iter().filter(|c| c.starts_with("ZINCRBY")).count();
+            assert!(cmds.contains(&"EXPIRE fp:z:dst_port:1700000000 301".to_owned()));
+            assert!(cmds.len() <= 1_000 + 20, "{}", cmds.len());
+        }
+        assert_eq!(zincrby, 1_000);
+    }
+
+    #[test]
+    fn empty_windows_write_nothing_and_overflow_alone_is_written() {
+        assert!(plan(&batch(0), "fp", "i", 301, 1_000).is_empty());
+        let mut b = batch(0);
+        b.dimensions[0].overflow.bytes = 7;
+        let chunks = plan(&b, "fp", "i", 301, 1_000);
+        let cmds = commands(&chunks[0].pipe);
+        assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 overflow_bytes 7".to_owned()));
+        assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 7".to_owned()));
+    }
+
+    #[test]
+    fn reads_totals_fields_back() {
+        let mut w = Totals::default();
+        let mut o = Totals::default();
+        let fields = [
+            ("bytes".to_owned(), 10),
+            ("overflow_bytes".to_owned(), 3),
+            ("flows".to_owned(), 2),
+            ("unknown".to_owned(), 9),
+        ];
+        add_window_totals(&mut w, &mut o, &fields);
+        assert_eq!((w.bytes, w.flows, o.bytes), (10, 2, 3));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let ok = ValkeySinkConfig::default();
+        ok.validate().unwrap();
+        let bad = |f: &dyn Fn(&mut ValkeySinkConfig)| {
+            let mut c = ValkeySinkConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().setting
+        };
+        assert_eq!(bad(&|c| c.url = "http://x".into()), "url");
+        assert_eq!(bad(&|c| c.url = "not a url".into()), "url");
+        assert_eq!(bad(&|c| c.key_prefix = String::new()), "key_prefix");
+        assert_eq!(bad(&|c| c.key_prefix = "a b".into()), "key_prefix");
+        assert_eq!(bad(&|c| c.ttl_secs = 0), "ttl_secs");
+        assert_eq!(bad(&|c| c.connect_timeout_ms = 0), "connect_timeout_ms");
+        assert_eq!(bad(&|c| c.response_timeout_ms = 1), "response_timeout_ms");
+        assert_eq!(
+            bad(&|c| c.max_pipeline_commands = 0),
+            "max_pipeline_commands"
+        );
+    }
+
+    #[test]
+    fn seconds_of_a_window() {
+        assert_eq!(seconds(100, 3), vec![98, 99, 100]);
+        assert_eq!(seconds(1, 5), vec![0, 1]);
+        assert_eq!(seconds(100, 0), vec![100]);
+    }
+}
