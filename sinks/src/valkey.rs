@@ -11,7 +11,7 @@
 //! | `P:h:D:S` | hash | `p\|KEY` packets, `f\|KEY` flows, `rb\|KEY` raw bytes, `rp\|KEY` raw packets |
 //! | `P:t:D:S` | hash | the dimension's window totals: `bytes`, `packets`, `flows`, `raw_bytes`, `raw_packets` (every key plus overflow) and `overflow_bytes` ... `overflow_raw_packets` |
 //! | `P:dims` | set | dimension names written in the last TTL |
-//! | `P:m:I:S:C` | string | marker: chunk `C` of window `S` from instance `I` was applied |
+//! | `P:m:I:S:F:C` | string | marker: chunk `C` of batch `F` (a fingerprint of its content) of window `S` from instance `I` was applied |
 //!
 //! Every write is an increment (`ZINCRBY`, `HINCRBY`), never a `SET`, so several flowplane
 //! instances can write the same bucket and the values add up. Every key written gets
@@ -38,6 +38,7 @@
 //! `HGETALL` per second for the totals. [`series`] reads one key's per-second values: one
 //! `ZSCORE` and one `HMGET` per second, pipelined.
 
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowplane_engine::{SinkError, Totals, WindowBatch};
@@ -515,7 +516,11 @@ fn plan(
 ) -> Vec<Chunk> {
     let sec = batch.window_start;
     let mut chunks = Vec::new();
-    let mut b = ChunkBuilder::new(prefix, instance, sec, ttl);
+    // The marker names the batch's content too: a second, different batch for the same second
+    // (which the engine may send after a late merge) must add, not be taken for a resend.
+    let instance = format!("{instance}:{sec}:{:016x}", fingerprint(batch));
+    let instance = instance.as_str();
+    let mut b = ChunkBuilder::new(prefix, instance, ttl);
 
     for dim in &batch.dimensions {
         let mut window = dim.overflow;
@@ -547,7 +552,7 @@ fn plan(
         for e in &dim.entries {
             if b.commands >= max_commands {
                 chunks.push(b.finish());
-                b = ChunkBuilder::new(prefix, instance, sec, ttl);
+                b = ChunkBuilder::new(prefix, instance, ttl);
                 b.index = chunks.len();
             }
             let t = &e.totals;
@@ -589,8 +594,8 @@ fn plan(
 /// Accumulates one chunk: its commands, then `EXPIRE` for every key it wrote and its marker.
 struct ChunkBuilder<'a> {
     prefix: &'a str,
+    /// Instance, second and batch fingerprint: the middle of the marker's name.
     instance: &'a str,
-    sec: u64,
     ttl: u64,
     index: usize,
     pipe: Pipeline,
@@ -599,13 +604,12 @@ struct ChunkBuilder<'a> {
 }
 
 impl<'a> ChunkBuilder<'a> {
-    fn new(prefix: &'a str, instance: &'a str, sec: u64, ttl: u64) -> Self {
+    fn new(prefix: &'a str, instance: &'a str, ttl: u64) -> Self {
         let mut pipe = redis::pipe();
         pipe.atomic();
         Self {
             prefix,
             instance,
-            sec,
             ttl,
             index: 0,
             pipe,
@@ -626,10 +630,8 @@ impl<'a> ChunkBuilder<'a> {
         for key in &self.touched {
             self.pipe.cmd("EXPIRE").arg(key).arg(self.ttl).ignore();
         }
-        let marker = format!(
-            "{}:m:{}:{}:{}",
-            self.prefix, self.instance, self.sec, self.index
-        );
+        // `instance` already carries the second and the batch fingerprint (see `plan`).
+        let marker = format!("{}:m:{}:{}", self.prefix, self.instance, self.index);
         self.pipe
             .cmd("SET")
             .arg(&marker)
@@ -642,6 +644,26 @@ impl<'a> ChunkBuilder<'a> {
             marker,
         }
     }
+}
+
+/// A hash of everything a batch writes, stable for one process (resends come from the same
+/// process, and markers name the process).
+fn fingerprint(batch: &WindowBatch) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    batch.window_start.hash(&mut h);
+    for dim in &batch.dimensions {
+        dim.dimension.hash(&mut h);
+        hash_totals(&dim.overflow, &mut h);
+        for e in &dim.entries {
+            e.key.hash(&mut h);
+            hash_totals(&e.totals, &mut h);
+        }
+    }
+    h.finish()
+}
+
+fn hash_totals(t: &Totals, h: &mut impl Hasher) {
+    (t.bytes, t.packets, t.flows, t.raw_bytes, t.raw_packets).hash(h);
 }
 
 /// The `P:t:D:S` fields and increments of one window.
@@ -820,7 +842,9 @@ mod tests {
             assert!(cmds.contains(&expire), "{expire} missing from {cmds:?}");
         }
         assert!(cmds.contains(&"EXPIRE fp:dims 301".to_owned()));
-        assert_eq!(cmds.last().unwrap(), "SET fp:m:i:1700000000:0 1 EX 301");
+        let marker = cmds.last().unwrap();
+        assert!(marker.starts_with("SET fp:m:i:1700000000:"), "{marker}");
+        assert!(marker.ends_with(":0 1 EX 301"), "{marker}");
         assert!(
             !cmds
                 .iter()
@@ -834,7 +858,8 @@ mod tests {
         assert!(chunks.len() >= 5, "{}", chunks.len());
         let mut zincrby = 0;
         for (i, chunk) in chunks.iter().enumerate() {
-            assert_eq!(chunk.marker, format!("fp:m:i:1700000000:{i}"));
+            assert!(chunk.marker.starts_with("fp:m:i:1700000000:"));
+            assert!(chunk.marker.ends_with(&format!(":{i}")), "{}", chunk.marker);
             let cmds = commands(&chunk.pipe);
             zincrby += cmds.iter().filter(|c| c.starts_with("ZINCRBY")).count();
             assert!(cmds.contains(&"EXPIRE fp:z:dst_port:1700000000 301".to_owned()));
