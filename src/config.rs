@@ -17,13 +17,10 @@
 //! repository root lists them all with their defaults.
 
 use flowplane_engine::config::EngineConfig;
+use flowplane_sinks::{KafkaSinkConfig, SinkConfigError, ValkeySinkConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-// TODO(#2): placeholders until the sinks' `ValkeySinkConfig` / `KafkaSinkConfig` are committed;
-// they keep the file shape (the tables are accepted, not checked).
-type ValkeySinkConfig = toml::Table;
-type KafkaSinkConfig = toml::Table;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
@@ -94,7 +91,22 @@ impl Config {
             setting: format!("engine.{}", e.setting),
             reason: e.reason,
         })?;
+        // A disabled sink's settings are parsed but not checked (see docs/configuration.md).
+        if self.valkey.enabled {
+            self.valkey.sink.validate().map_err(sink_error("valkey"))?;
+        }
+        if self.kafka.enabled {
+            self.kafka.sink.validate().map_err(sink_error("kafka"))?;
+        }
         self.log.validate()
+    }
+}
+
+/// Names a sink's refused setting with its table.
+fn sink_error(table: &'static str) -> impl Fn(SinkConfigError) -> ConfigError {
+    move |e| ConfigError::Invalid {
+        setting: format!("{table}.{}", e.setting),
+        reason: e.reason,
     }
 }
 
@@ -313,6 +325,25 @@ mod tests {
 
         let (setting, _) = invalid("[log]\nlevel = \"info,=[\"\n");
         assert_eq!(setting, "log.level");
+
+        let (setting, reason) = invalid("[valkey]\nurl = \"http://x\"\n");
+        assert_eq!(setting, "valkey.url");
+        assert!(reason.contains("http://x"), "{reason}");
+        let (setting, _) = invalid("[valkey]\nttl_secs = 0\n");
+        assert_eq!(setting, "valkey.ttl_secs");
+        let (setting, _) = invalid("[kafka]\naggregates_topic = \"\"\n");
+        assert_eq!(setting, "kafka.aggregates_topic");
+        let (setting, _) = invalid("[kafka.producer]\n\"no.such\" = \"1\"\n");
+        assert_eq!(setting, "kafka.producer.no.such");
+        // A disabled sink is parsed, not validated.
+        Config::parse("[valkey]\nenabled = false\nttl_secs = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let e = Config::parse("[kafka]\nlinger = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `linger`"), "{e}");
 
         let msg = Config::parse("[engine]\ntable_capacity = 1000\n")
             .unwrap()

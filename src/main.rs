@@ -1,5 +1,6 @@
 //! The `flowplane` binary: `run` (the data plane), `top` (ask Valkey), `decode` (debug an
-//! exporter from a capture) and `replay` (send a capture to a collector).
+//! exporter from a capture), `replay` (send a capture to a collector) and `kafka-tail` (read
+//! back what went to Kafka).
 //!
 //! Commands print their answer to stdout; diagnostics and summaries go to stderr. A command that
 //! cannot start (bad configuration, unreadable file, unreachable Valkey for `top`) exits with
@@ -47,6 +48,10 @@ enum Command {
 
     /// Send the UDP payloads of a capture to a collector.
     Replay(cmd::replay::ReplayArgs),
+
+    /// Print the newest messages of a Kafka topic (by default the aggregates topic), one
+    /// payload per line: a check of what flowplane wrote.
+    KafkaTail(cmd::kafka_tail::KafkaTailArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Top(args) => cmd::top::top(&args),
         Command::Decode(args) => cmd::decode::decode(&args),
         Command::Replay(args) => cmd::replay::replay(&args),
+        Command::KafkaTail(args) => cmd::kafka_tail::kafka_tail(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus the small helpers they share.
 
 pub(crate) mod decode;
+pub(crate) mod kafka_tail;
 pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod top;

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use flowplane::config::{Config, LogConfig, LogFormat};
+use flowplane_sinks::{KafkaSink, ValkeySink};
 use tracing_subscriber::EnvFilter;
 
 /// Loads the configuration, starts logging, installs the signal handlers and runs the engine
@@ -25,8 +26,7 @@ pub(crate) fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         "flowplane starting"
     );
 
-    // TODO(#2): the Valkey and Kafka sinks are added here once `flowplane_sinks` lands.
-    let sinks: Vec<Box<dyn flowplane_engine::Sink>> = Vec::new();
+    let sinks = build_sinks(&config)?;
 
     let report = flowplane_engine::run(&config.engine, sinks, shutdown)?;
     let c = &report.counters;
@@ -37,6 +37,33 @@ pub(crate) fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         "flowplane stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sinks the configuration enables. Building one never touches the network: a sink that is
+/// down at start shows up as failed sends (buffered and retried), not as a refusal to start.
+fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn flowplane_engine::Sink>>> {
+    let mut sinks: Vec<Box<dyn flowplane_engine::Sink>> = Vec::new();
+    if config.valkey.enabled {
+        let sink =
+            ValkeySink::new(config.valkey.sink.clone()).context("cannot set up the Valkey sink")?;
+        tracing::info!(url = %config.valkey.sink.url, prefix = %config.valkey.sink.key_prefix,
+            ttl_secs = config.valkey.sink.ttl_secs, "Writing windows to Valkey.");
+        sinks.push(Box::new(sink));
+    }
+    if config.kafka.enabled {
+        let sink =
+            KafkaSink::new(config.kafka.sink.clone()).context("cannot set up the Kafka sink")?;
+        tracing::info!(brokers = %config.kafka.sink.brokers,
+            aggregates = %config.kafka.sink.aggregates_topic,
+            alerts = %config.kafka.sink.alerts_topic, "Writing windows to Kafka.");
+        sinks.push(Box::new(sink));
+    }
+    if sinks.is_empty() {
+        tracing::warn!(
+            "Both sinks are disabled: windows are aggregated and counted, then dropped."
+        );
+    }
+    Ok(sinks)
 }
 
 /// Logging to stderr, filtered by `RUST_LOG` when set, else by `log.level`.

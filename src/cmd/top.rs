@@ -1,7 +1,16 @@
 //! `flowplane top`: the hot window, from Valkey.
 
+use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flowplane::config::Config;
+use flowplane_engine::Totals;
+use flowplane_sinks::valkey;
+use serde_json::{Map, Value, json};
+
+use super::utc_ms;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TopArgs {
@@ -31,10 +40,189 @@ pub(crate) struct TopArgs {
     json: bool,
 }
 
+/// Answers from Valkey: the ranking of a dimension's keys, or one key's per-second series, over
+/// the `window` seconds that end with the current second (a second still being aggregated
+/// shows what has been flushed of it so far, usually nothing).
 pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    // TODO(#2): answer from Valkey through `flowplane_sinks::valkey` once it lands.
-    anyhow::bail!("`flowplane top` is not wired to Valkey yet")
+    let config = Config::load(args.config.as_deref())?;
+    let valkey = &config.valkey.sink;
+    let mut conn = valkey::connect(valkey)?;
+    let end_sec = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let prefix = valkey.key_prefix.as_str();
+
+    let known = valkey::dimensions(&mut conn, prefix)?;
+    if !known.iter().any(|d| d == &args.dimension) {
+        let hint = if known.is_empty() {
+            "nothing was written in the last 5 minutes".to_owned()
+        } else {
+            format!("written recently: {}", known.join(", "))
+        };
+        // Not fatal: a dimension configured but idle for 5 minutes is a valid, empty answer.
+        eprintln!(
+            "flowplane top: no data for dimension `{}` under prefix `{prefix}` ({hint})",
+            args.dimension
+        );
+    }
+
+    let mut out = io::stdout().lock();
+    match &args.key {
+        Some(key) => {
+            let points = valkey::series(
+                &mut conn,
+                prefix,
+                &args.dimension,
+                key,
+                end_sec,
+                args.window,
+            )?;
+            if args.json {
+                let doc = json!({
+                    "dimension": args.dimension,
+                    "key": key,
+                    "from": points.first().map_or(end_sec, |p| p.sec),
+                    "to": end_sec,
+                    "series": points.iter().map(|p| {
+                        let mut o = totals_json(&p.totals);
+                        o.insert("sec".into(), p.sec.into());
+                        Value::Object(o)
+                    }).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{} = {key}, last {} s (UTC; seconds without the key omitted)",
+                    args.dimension, args.window
+                )?;
+                writeln!(
+                    out,
+                    "{:<24} {:>14} {:>12} {:>8}",
+                    "second", "bytes", "packets", "flows"
+                )?;
+                let mut shown = 0;
+                for p in points
+                    .iter()
+                    .filter(|p| p.totals.flows > 0 || p.totals.bytes > 0)
+                {
+                    writeln!(
+                        out,
+                        "{:<24} {:>14} {:>12} {:>8}",
+                        utc_ms(p.sec * 1_000),
+                        p.totals.bytes,
+                        p.totals.packets,
+                        p.totals.flows
+                    )?;
+                    shown += 1;
+                }
+                let total = points.iter().fold(Totals::default(), |mut t, p| {
+                    t.add(&p.totals);
+                    t
+                });
+                writeln!(
+                    out,
+                    "{shown} of {} seconds had the key; total {} bytes, {} packets, {} flows",
+                    points.len(),
+                    total.bytes,
+                    total.packets,
+                    total.flows
+                )?;
+            }
+        }
+        None => {
+            let r = valkey::top(
+                &mut conn,
+                prefix,
+                &args.dimension,
+                end_sec,
+                args.window,
+                args.n,
+            )?;
+            if args.json {
+                let doc = json!({
+                    "dimension": args.dimension,
+                    "from": r.from_sec,
+                    "to": r.to_sec,
+                    "distinct_keys": r.distinct_keys,
+                    "window": Value::Object(totals_json(&r.window)),
+                    "overflow": Value::Object(totals_json(&r.overflow)),
+                    "keys": r.keys.iter().map(|k| {
+                        let mut o = totals_json(&k.totals);
+                        o.insert("key".into(), Value::String(k.key.clone()));
+                        Value::Object(o)
+                    }).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{doc}")?;
+            } else {
+                writeln!(
+                    out,
+                    "top {} of {} by bytes, {} to {} ({} s, {} distinct keys)",
+                    r.keys.len(),
+                    args.dimension,
+                    utc_ms(r.from_sec * 1_000),
+                    utc_ms(r.to_sec * 1_000),
+                    args.window,
+                    r.distinct_keys
+                )?;
+                writeln!(
+                    out,
+                    "{:<40} {:>14} {:>6} {:>12} {:>8}",
+                    "key", "bytes", "%", "packets", "flows"
+                )?;
+                for k in &r.keys {
+                    writeln!(
+                        out,
+                        "{:<40} {:>14} {:>6.1} {:>12} {:>8}",
+                        k.key,
+                        k.totals.bytes,
+                        percent(k.totals.bytes, r.window.bytes),
+                        k.totals.packets,
+                        k.totals.flows
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "{:<40} {:>14} {:>6} {:>12} {:>8}",
+                    "(all keys)", r.window.bytes, "", r.window.packets, r.window.flows
+                )?;
+                if r.overflow.flows > 0 {
+                    writeln!(
+                        out,
+                        "{:<40} {:>14} {:>6.1} {:>12} {:>8}",
+                        "(table overflow, no key)",
+                        r.overflow.bytes,
+                        percent(r.overflow.bytes, r.window.bytes),
+                        r.overflow.packets,
+                        r.overflow.flows
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+fn totals_json(t: &Totals) -> Map<String, Value> {
+    let mut o = Map::new();
+    for (name, v) in [
+        ("bytes", t.bytes),
+        ("packets", t.packets),
+        ("flows", t.flows),
+        ("raw_bytes", t.raw_bytes),
+        ("raw_packets", t.raw_packets),
+    ] {
+        o.insert(name.into(), v.into());
+    }
+    o
 }
 
 /// `1m`, `5m`, `90s` or `90` to seconds, within the 300 s Valkey keeps.
