@@ -83,10 +83,10 @@ fn malformed_files(manifest: &str) -> Vec<String> {
     for line in manifest.lines() {
         if let Some(h) = line.strip_prefix("### ") {
             current = Some(h.trim().to_owned());
-        } else if line.contains("exercises: MALFORMED") {
-            if let Some(f) = &current {
-                out.push(f.clone());
-            }
+        } else if line.contains("exercises: MALFORMED")
+            && let Some(f) = &current
+        {
+            out.push(f.clone());
         }
     }
     out

@@ -4,6 +4,8 @@
 //!   that tshark and the exporters can read what the tests generate or re-frame.
 //! * [`tshark`] runs tshark once per file and reads its PDML output into per-frame flow records.
 //! * [`corpus`] reads `../shared/corpus/INDEX.tsv` and the MANIFEST notes that matter to tests.
+//! * [`traffic`] writes ordinary traffic with known totals for the exporters to meter, and
+//!   [`relay`] sits between an exporter and flowplane, keeping what the exporter sent.
 //! * [`env`] finds the repository, the `flowplane` binary and the services the tests talk to.
 //!
 //! Nothing here is a mock: the tests drive the real tools and services these helpers find.
@@ -11,4 +13,6 @@
 pub mod corpus;
 pub mod env;
 pub mod pcap_out;
+pub mod relay;
+pub mod traffic;
 pub mod tshark;

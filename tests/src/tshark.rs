@@ -25,6 +25,8 @@ pub struct Field {
     pub showname: String,
     /// Display value (`62`, `0x18`, `Oct  5, 2009 06:06:07.492059999 UTC`).
     pub show: String,
+    /// The field's bytes on the wire, in hex (empty for generated fields).
+    pub value: String,
 }
 
 /// One flow record (a v9/IPFIX `Flow N` or a v5 `pdu i/N`).
@@ -45,6 +47,8 @@ pub struct Set {
     pub no_template: bool,
     /// Records tshark decoded from this set.
     pub records: Vec<Record>,
+    /// The set length from its header, in bytes.
+    pub length: usize,
 }
 
 /// The flow export found in one frame.
@@ -64,6 +68,9 @@ pub struct Export {
     pub domain: Option<u32>,
     /// Sets in wire order; for v5 a single pseudo-set with id 0 holding the records.
     pub sets: Vec<Set>,
+    /// Every `cflow.*` field of the header (nested ones included), e.g. v5 `cflow.engine_id`,
+    /// `cflow.samplerate`.
+    pub header: Record,
 }
 
 /// One frame of the capture.
@@ -168,6 +175,9 @@ fn parse_cflow(proto: roxmltree::Node<'_, '_>) -> Export {
     for f in proto.children().filter(|n| n.has_tag_name("field")) {
         let name = f.attribute("name").unwrap_or("");
         let show = f.attribute("show").unwrap_or("");
+        if name.starts_with("cflow.") {
+            e.header.fields.extend(parse_record(f).fields);
+        }
         match name {
             "cflow.version" => e.version = parse_num(show).unwrap_or(0) as u16,
             "cflow.count" => e.count = parse_num(show).map(|c| c as u32),
@@ -205,14 +215,17 @@ fn parse_set(node: roxmltree::Node<'_, '_>, label: &str) -> Set {
             if let Some(id) = parse_num(show) {
                 set.id = id as u16;
             }
+        } else if name == "cflow.flowset_length" {
+            set.length = parse_num(show).unwrap_or(0) as usize;
         } else if name.is_empty() && show.starts_with("Flow ") {
             set.records.push(parse_record(f));
         } else if name.is_empty() && show.contains("no template found") {
             set.no_template = true;
-        } else if name.is_empty() && show.contains("Template") {
-            if let Some(id) = find_field(f, "cflow.template_id").and_then(|s| parse_num(&s)) {
-                set.defines.push(id as u16);
-            }
+        } else if name.is_empty()
+            && show.contains("Template")
+            && let Some(id) = find_field(f, "cflow.template_id").and_then(|s| parse_num(&s))
+        {
+            set.defines.push(id as u16);
         }
     }
     set
@@ -239,20 +252,41 @@ fn parse_record(node: roxmltree::Node<'_, '_>) -> Record {
                 name: name.to_owned(),
                 showname: n.attribute("showname").unwrap_or("").to_owned(),
                 show: n.attribute("show").unwrap_or("").to_owned(),
+                value: n.attribute("value").unwrap_or("").to_owned(),
             })
         })
         .collect();
     Record { fields }
 }
 
+impl Set {
+    /// A (v9 or IPFIX) template or options template set.
+    pub fn is_template_set(&self) -> bool {
+        self.id < 256
+    }
+
+    /// An options template set (v9 FlowSet 1, IPFIX set 3).
+    pub fn is_options_template_set(&self) -> bool {
+        self.id == 1 || self.id == 3
+    }
+}
+
 impl Record {
-    /// The value of the last forward (not RFC 5103 reverse) occurrence of `name`, and how many
-    /// distinct forward values the record holds for it.
+    /// The value of the last forward (not RFC 5103 reverse) occurrence of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .rev()
             .find(|f| f.name == name && !f.is_reverse())
+            .map(|f| f.show.as_str())
+    }
+
+    /// The last forward occurrence of `name` whose display line satisfies `keep`.
+    pub fn get_where(&self, name: &str, keep: impl Fn(&Field) -> bool) -> Option<&str> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|f| f.name == name && !f.is_reverse() && keep(f))
             .map(|f| f.show.as_str())
     }
 
@@ -294,6 +328,11 @@ impl Field {
     pub fn is_reverse(&self) -> bool {
         self.showname.contains("Reverse")
     }
+
+    /// The wire bytes are all zero (or the field is generated and has none).
+    pub fn is_zero(&self) -> bool {
+        self.value.bytes().all(|b| b == b'0')
+    }
 }
 
 /// Parses a decimal or `0x` hexadecimal unsigned number.
@@ -311,7 +350,12 @@ pub fn parse_secs_ms(s: &str) -> Option<u64> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs: u64 = secs.parse().ok()?;
     let mut ms = 0u64;
-    for (i, c) in frac.chars().chain(std::iter::repeat('0')).take(3).enumerate() {
+    for (i, c) in frac
+        .chars()
+        .chain(std::iter::repeat('0'))
+        .take(3)
+        .enumerate()
+    {
         let d = c.to_digit(10)?;
         ms += u64::from(d) * [100, 10, 1][i];
     }

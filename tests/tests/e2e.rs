@@ -1,0 +1,561 @@
+//! End to end with real exporters, a real Valkey and a real Kafka-protocol broker.
+//!
+//! For each exporter and export version: ordinary traffic with known totals is written to a
+//! pcap ([`flowplane_tests::traffic`]); the exporter (softflowd, or pmacctd with its nfprobe
+//! plugin) meters the pcap and exports to a relay, which keeps a copy of every datagram and
+//! forwards it to a running `flowplane run`; flowplane is stopped with SIGTERM (which flushes
+//! the open window), and then
+//!
+//! * what the exporter exported is read three ways, which must agree: the generator's own
+//!   totals, the exporter's own report (softflowd prints per-protocol totals), and tshark's
+//!   decoding of the relayed datagrams;
+//! * the per-destination-port and per-source-address bytes and packets in Valkey (read with
+//!   `flowplane top`, the operator's tool) and in the Kafka aggregates topic (read back with
+//!   explicit partition assignment) must equal them exactly;
+//! * flowplane must have counted no decode error, no drop and no overflow.
+//!
+//! The services come from `scripts/services.sh start` (CI runs it); the addresses can be
+//! overridden with FLOWPLANE_VALKEY_URL and FLOWPLANE_KAFKA_BROKERS. A missing tool or service
+//! fails the test.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use flowplane_tests::pcap_out::{UdpOut, write_udp_pcap};
+use flowplane_tests::relay::Relay;
+use flowplane_tests::traffic::{self, Traffic};
+use flowplane_tests::{env, tshark};
+
+/// (bytes, packets) per key text.
+type Sums = BTreeMap<String, (u64, u64)>;
+
+fn valkey_url() -> String {
+    std::env::var("FLOWPLANE_VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn kafka_brokers() -> String {
+    std::env::var("FLOWPLANE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A `flowplane run` child with its own Valkey prefix and Kafka topics.
+struct Flowplane {
+    child: Child,
+    bound: SocketAddr,
+    log: mpsc::Receiver<String>,
+    log_lines: Vec<String>,
+}
+
+/// Where one case's flowplane writes.
+struct Destinations {
+    config: PathBuf,
+    aggregates_topic: String,
+}
+
+impl Flowplane {
+    fn start(dir: &Path, name: &str) -> Result<(Self, Destinations)> {
+        let tag = format!("{name}-{}-{}", std::process::id(), unix_ms());
+        let aggregates_topic = format!("fpt.{tag}.aggregates");
+        let config = dir.join("flowplane.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[engine]
+listen = ["127.0.0.1:0"]
+workers = 2
+pin_cores = false
+dimensions = ["dst_port", "src_ip", "protocol"]
+stats_interval_secs = 1
+
+[valkey]
+url = "{url}"
+key_prefix = "fpt:{tag}"
+
+[kafka]
+brokers = "{brokers}"
+aggregates_topic = "{aggregates_topic}"
+alerts_topic = "fpt.{tag}.alerts"
+
+[log]
+level = "info"
+"#,
+                url = valkey_url(),
+                brokers = kafka_brokers(),
+            ),
+        )?;
+        let mut child = Command::new(env::flowplane_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start flowplane")?;
+        let stderr = child.stderr.take().context("flowplane stderr")?;
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fp = Self {
+            child,
+            bound: "0.0.0.0:0".parse()?,
+            log,
+            log_lines: Vec::new(),
+        };
+        let line = fp.wait_for_line("Listening", Duration::from_secs(30))?;
+        fp.bound = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no addr= in `{line}`"))?;
+        Ok((
+            fp,
+            Destinations {
+                config,
+                aggregates_topic,
+            },
+        ))
+    }
+
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            match self.log.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    self.log_lines.push(l.clone());
+                    if l.contains(needle) {
+                        return Ok(l);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        bail!(
+            "flowplane did not log `{needle}` within {timeout:?}; its log:\n{}",
+            self.log_lines.join("\n")
+        )
+    }
+
+    /// SIGTERM, then waits for the exit; returns the final summary line and the whole log.
+    fn stop(mut self) -> Result<(String, Vec<String>)> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let line = self.wait_for_line("Stopped:", Duration::from_secs(30))?;
+        let status = self.child.wait()?;
+        ensure!(status.success(), "flowplane exited with {status}");
+        while let Ok(l) = self.log.try_recv() {
+            self.log_lines.push(l);
+        }
+        Ok((line, std::mem::take(&mut self.log_lines)))
+    }
+}
+
+impl Drop for Flowplane {
+    fn drop(&mut self) {
+        // A failed case must not leave its flowplane running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `name=value` from a summary line (the first occurrence).
+fn counter(summary: &str, name: &str) -> Option<u64> {
+    summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the exporter exported according to tshark: (bytes, packets) per destination port and
+/// per source address, from the relayed datagrams.
+fn tshark_sums(dir: &Path, datagrams: &[Vec<u8>], exporter: SocketAddr) -> Result<(Sums, Sums)> {
+    let capture = dir.join("export.pcap");
+    let to: SocketAddr = "127.0.0.1:2055".parse()?;
+    let now = unix_ms();
+    write_udp_pcap(
+        &capture,
+        datagrams.iter().enumerate().map(|(i, d)| UdpOut {
+            ts_ms: now + i as u64,
+            src: exporter,
+            dst: to,
+            payload: d,
+        }),
+    )?;
+    let frames = tshark::dissect(&capture, &[2055])?;
+    let (mut by_port, mut by_src) = (Sums::new(), Sums::new());
+    // Options data (the exporters' sampling and statistics records) is not traffic.
+    let mut options_templates = std::collections::BTreeSet::new();
+    for f in &frames {
+        let Some(e) = &f.export else {
+            bail!("tshark found no flow export in frame {}", f.number)
+        };
+        for set in &e.sets {
+            ensure!(
+                !set.no_template,
+                "tshark had no template for set {}",
+                set.id
+            );
+            if e.version != 5 && set.is_template_set() {
+                for id in &set.defines {
+                    if set.is_options_template_set() {
+                        options_templates.insert(*id);
+                    } else {
+                        options_templates.remove(id);
+                    }
+                }
+                continue;
+            }
+            if e.version != 5 && options_templates.contains(&set.id) {
+                continue;
+            }
+            for r in &set.records {
+                let bytes = r.num(&["cflow.octets", "cflow.octets64"]).unwrap_or(0);
+                let packets = r.num(&["cflow.packets", "cflow.packets64"]).unwrap_or(0);
+                let port = r
+                    .num(&["cflow.dstport"])
+                    .context("record without dstport")?;
+                let src = r
+                    .addr("cflow.srcaddr")
+                    .or_else(|| r.addr("cflow.srcaddrv6"))
+                    .context("record without source address")?;
+                add(&mut by_port, port.to_string(), bytes, packets);
+                add(&mut by_src, src.to_string(), bytes, packets);
+            }
+        }
+    }
+    Ok((by_port, by_src))
+}
+
+fn add(m: &mut Sums, k: String, bytes: u64, packets: u64) {
+    let e = m.entry(k).or_default();
+    e.0 += bytes;
+    e.1 += packets;
+}
+
+fn expected(t: &Traffic) -> (Sums, Sums) {
+    let by_port = t
+        .by_dst_port()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let by_src = t
+        .by_src_ip()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    (by_port, by_src)
+}
+
+/// Per-key totals of `dimension` over the last 5 minutes, from Valkey, through `flowplane top`.
+fn valkey_sums(config: &Path, dimension: &str) -> Result<Sums> {
+    let out = Command::new(env::flowplane_bin()?)
+        .args([
+            "top",
+            "--dimension",
+            dimension,
+            "--window",
+            "5m",
+            "-n",
+            "100000",
+            "--json",
+        ])
+        .arg("--config")
+        .arg(config)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "flowplane top failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("top --json: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let rows = v
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .with_context(|| format!("no `keys` array in {v}"))?;
+    let mut m = Sums::new();
+    for r in rows {
+        let key = r["key"].as_str().context("key")?.to_string();
+        let bytes = r["bytes"].as_u64().context("bytes")?;
+        let packets = r["packets"].as_u64().context("packets")?;
+        add(&mut m, key, bytes, packets);
+    }
+    Ok(m)
+}
+
+/// Per-(dimension, key) totals from every document of the aggregates topic.
+fn kafka_sums(topic: &str) -> Result<BTreeMap<String, Sums>> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", "flowplane-e2e")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    ensure!(!parts.is_empty(), "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for &p in &parts {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let (_, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        ends.insert(p, hi);
+    }
+    consumer.assign(&tpl)?;
+
+    // Read to the end. tansu's high watermark counts record batches, not records (a topic of
+    // one 18-record batch reports 1), so it is only a lower bound: read until it is reached
+    // and then until nothing more arrives for a while. Every document is already in the
+    // broker when this runs (flowplane stopped after its sinks confirmed delivery).
+    let mut out: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut next: BTreeMap<i32, i64> = parts.iter().map(|&p| (p, 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Instant::now();
+    while next.iter().any(|(p, &o)| o < ends[p]) || last.elapsed() < Duration::from_secs(3) {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out reading {topic}: {next:?} of {ends:?}"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m?;
+        last = Instant::now();
+        let seen = next.entry(m.partition()).or_default();
+        ensure!(m.offset() >= *seen, "offset {} read twice", m.offset());
+        *seen = m.offset() + 1;
+        let doc: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        let dim = doc["dimension"].as_str().context("dimension")?.to_string();
+        let key = doc["key"].as_str().context("key")?.to_string();
+        let bytes = doc["bytes"].as_u64().context("bytes")?;
+        let packets = doc["packets"].as_u64().context("packets")?;
+        add(out.entry(dim).or_default(), key, bytes, packets);
+    }
+    Ok(out)
+}
+
+/// softflowd's own per-protocol report: (octets, packets) of UDP.
+fn softflowd_udp_totals(stdout: &str) -> Option<(u64, u64)> {
+    stdout.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("udp (17):")?;
+        let mut it = rest.split_whitespace();
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Exporter {
+    Softflowd,
+    Pmacctd,
+}
+
+/// Runs the exporter over `pcap`, sending to `to`; returns what it printed.
+fn export(
+    exporter: Exporter,
+    version: u8,
+    dir: &Path,
+    pcap: &Path,
+    to: SocketAddr,
+) -> Result<String> {
+    Ok(match exporter {
+        Exporter::Softflowd => {
+            // No `-c`: `-r` turns the control socket off, and a `-c` after it turns it back
+            // on, after which softflowd 1.1.0 reads uninitialised poll results in file mode
+            // and can block in accept() forever. `-r` also implies `-d` (no pidfile).
+            let out = Command::new("timeout")
+                .args(["60", "softflowd", "-r"])
+                .arg(pcap)
+                .arg("-n")
+                .arg(to.to_string())
+                .args(["-v", &version.to_string()])
+                .stdin(Stdio::null())
+                .output()?;
+            ensure!(out.status.success(), "softflowd failed: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+        Exporter::Pmacctd => {
+            let conf = dir.join("pmacctd.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "daemonize: false\npcap_savefile: {}\nplugins: nfprobe\n\
+                     nfprobe_receiver: {to}\nnfprobe_version: {version}\n",
+                    pcap.display(),
+                ),
+            )?;
+            let out = Command::new("timeout")
+                .args(["60", "pmacctd", "-f"])
+                .arg(&conf)
+                .output()?;
+            ensure!(out.status.success(), "pmacctd failed: {out:?}");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    })
+}
+
+/// Runs one exporter over the traffic and checks everything that arrived.
+fn run_case(exporter: Exporter, version: u8) -> Result<()> {
+    let tool = match exporter {
+        Exporter::Softflowd => "softflowd",
+        Exporter::Pmacctd => "pmacctd",
+    };
+    env::require_tool(tool)?;
+    env::require_tool("tshark")?;
+    let name = format!("{tool}-v{version}");
+    let dir = env::scratch_dir(&name)?;
+
+    let all = Traffic::new(60, 20);
+    let pcap = dir.join("traffic.pcap");
+    traffic::write(&pcap, &all, unix_ms() - 10_000)?;
+    // NetFlow v5 carries IPv4 only.
+    let t = if version == 5 { all.ipv4_only() } else { all };
+    let (want_port, want_src) = expected(&t);
+
+    let (fp, dest) = Flowplane::start(&dir, &name)?;
+    let relay = Relay::start(fp.bound)?;
+    let exporter_addr = relay.exporter;
+    let report = export(exporter, version, &dir, &pcap, relay.listen)?;
+    // Let the last datagrams cross the relay before it stops.
+    std::thread::sleep(Duration::from_millis(300));
+    let datagrams = relay.finish();
+    ensure!(!datagrams.is_empty(), "{tool} exported nothing:\n{report}");
+    let (summary, log) = fp.stop()?;
+
+    // 1. The views of what was exported agree.
+    let (want_bytes, want_packets) = t.totals();
+    if let Exporter::Softflowd = exporter {
+        let got = softflowd_udp_totals(&report)
+            .with_context(|| format!("no udp totals in softflowd's report:\n{report}"))?;
+        ensure!(
+            got == (want_bytes, want_packets),
+            "softflowd reports {got:?}, the traffic holds {:?}",
+            (want_bytes, want_packets)
+        );
+    }
+    let (ts_port, ts_src) = tshark_sums(&dir, &datagrams, exporter_addr)?;
+    ensure!(
+        ts_port == want_port,
+        "tshark by port {ts_port:?} != traffic {want_port:?}"
+    );
+    ensure!(
+        ts_src == want_src,
+        "tshark by source {ts_src:?} != traffic {want_src:?}"
+    );
+
+    // 2. flowplane lost and refused nothing.
+    let ctx = || format!("summary: {summary}\nlog:\n{}", log.join("\n"));
+    for c in [
+        "decode_errors",
+        "socket_drops",
+        "table_overflow",
+        "sets_without_template",
+    ] {
+        ensure!(counter(&summary, c) == Some(0), "{c} is not 0; {}", ctx());
+    }
+    ensure!(
+        counter(&summary, "datagrams") == Some(datagrams.len() as u64),
+        "flowplane received a different number of datagrams than relayed ({}); {}",
+        datagrams.len(),
+        ctx()
+    );
+    // Both sinks wrote, and neither dropped or failed anything.
+    for sink in ["valkey:", "kafka:"] {
+        let part = summary
+            .split_once(sink)
+            .map(|(_, rest)| rest)
+            .with_context(|| format!("no {sink} counters; {}", ctx()))?;
+        ensure!(
+            counter(part, "sent").is_some_and(|n| n > 0),
+            "{sink} sent nothing; {}",
+            ctx()
+        );
+        for c in ["failures", "dropped"] {
+            ensure!(
+                counter(part, c) == Some(0),
+                "{sink} {c} is not 0; {}",
+                ctx()
+            );
+        }
+    }
+
+    // 3. Valkey and Kafka hold exactly what was exported.
+    let v_port = valkey_sums(&dest.config, "dst_port")?;
+    ensure!(
+        v_port == want_port,
+        "Valkey dst_port {v_port:?} != {want_port:?}"
+    );
+    let v_src = valkey_sums(&dest.config, "src_ip")?;
+    ensure!(v_src == want_src, "Valkey src_ip {v_src:?} != {want_src:?}");
+    let k = kafka_sums(&dest.aggregates_topic)?;
+    let k_port = k.get("dst_port").cloned().unwrap_or_default();
+    ensure!(
+        k_port == want_port,
+        "Kafka dst_port {k_port:?} != {want_port:?}"
+    );
+    let k_src = k.get("src_ip").cloned().unwrap_or_default();
+    ensure!(k_src == want_src, "Kafka src_ip {k_src:?} != {want_src:?}");
+    eprintln!(
+        "{name}: {} datagrams, {} flows, {want_bytes} bytes, {want_packets} packets: \
+         Valkey and Kafka agree exactly",
+        datagrams.len(),
+        t.flows.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn softflowd_netflow_v5() -> Result<()> {
+    run_case(Exporter::Softflowd, 5)
+}
+
+#[test]
+fn softflowd_netflow_v9() -> Result<()> {
+    run_case(Exporter::Softflowd, 9)
+}
+
+#[test]
+fn softflowd_ipfix() -> Result<()> {
+    run_case(Exporter::Softflowd, 10)
+}
+
+#[test]
+fn pmacctd_nfprobe_netflow_v5() -> Result<()> {
+    run_case(Exporter::Pmacctd, 5)
+}
+
+#[test]
+fn pmacctd_nfprobe_netflow_v9() -> Result<()> {
+    run_case(Exporter::Pmacctd, 9)
+}
+
+#[test]
+fn pmacctd_nfprobe_ipfix() -> Result<()> {
+    run_case(Exporter::Pmacctd, 10)
+}
