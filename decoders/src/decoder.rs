@@ -190,7 +190,7 @@ impl Decoder {
                 self.stats.held_sets_expired += 1;
             }
         }
-        // TODO(#2): exporters that went silent keep their templates until restart; an idle
+        // Known gap: exporters that went silent keep their templates until restart; an idle
         // timeout would free their slot under `max_exporters`.
         self.exporters.retain(|_, s| !s.is_empty());
     }
@@ -349,7 +349,7 @@ impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
             self.dec.stats.templates_refused += 1;
             return Ok(());
         }
-        // TODO(#2): RFC 7011 § 8.4 lets a collector expire UDP templates that are not refreshed;
+        // Known gap: RFC 7011 § 8.4 lets a collector expire UDP templates that are not refreshed;
         // here templates live until withdrawn, replaced, or the decoder is dropped.
         state.templates.insert(key, template);
         if !replacing {
@@ -569,7 +569,7 @@ fn decode_set<F: FnMut(&FlowRecord)>(
     };
 
     if template.kind() == TemplateKind::Options {
-        // TODO(#2): an options record scoped to one interface (v9 scope type 2, IPFIX
+        // Known gap: an options record scoped to one interface (v9 scope type 2, IPFIX
         // ingressInterface) announces a rate for that interface only; flowplane applies it to
         // the whole (exporter, domain) scope unless the record names a sampler or selector.
         let out = template.for_each_record(body, |acc: &Accum| {

@@ -278,7 +278,7 @@ impl Role {
     /// (flowplane maps none yet).
     pub fn of(id: u16, enterprise: u32) -> Self {
         if enterprise != 0 {
-            // TODO(#2): RFC 5103 reverse elements (PEN 29305) of biflow exporters such as
+            // Known gap: RFC 5103 reverse elements (PEN 29305) of biflow exporters such as
             // ipfixprobe and YAF are skipped, so the reverse direction's octets and packets are
             // not counted anywhere.
             return Self::Skip;
@@ -809,7 +809,7 @@ fn flow_time(
             crate::netflow_v5::uptime_to_unix_ms(time.export_ms, now_up, at)
         }
         (Some(at), None, Some(init)) => init.saturating_add(u64::from(at)),
-        // TODO(#2): IPFIX sysUpTime-relative times with no systemInitTimeMilliseconds in the
+        // Known gap: IPFIX sysUpTime-relative times with no systemInitTimeMilliseconds in the
         // record or in options data stay unknown (0); the exporter's boot time could also be
         // estimated from its Exporting Process Reliability Statistics.
         _ => 0,
