@@ -284,23 +284,16 @@ impl Merger {
         self.stats.last_window = w;
         self.closed_up_to = Some(self.closed_up_to.map_or(w, |c| c.max(w)));
 
+        // Render every key and queue its bytes for the Z-score; remember which (dimension,
+        // entry) each observation was, then score the whole window in one pass.
         let mut dimensions = Vec::with_capacity(self.dims.len());
-        let mut alerts = Vec::new();
+        let mut observed: Vec<(u16, u32)> = Vec::new();
         for (i, (dim, table)) in self.dims.iter().zip(tables.iter_mut()).enumerate() {
             let mut entries = Vec::with_capacity(table.len());
             for (k, t) in table.iter() {
                 let (key, fields) = dim.render(k);
-                if let Some(s) = self.zscore.observe(i as u16, k, t.bytes as f64) {
-                    alerts.push(Alert {
-                        dimension: dim.name().clone(),
-                        key: key.clone(),
-                        window_start: w,
-                        value: s.value,
-                        mean: s.mean,
-                        stddev: s.stddev,
-                        score: s.score,
-                        threshold: self.threshold,
-                    });
+                if self.zscore.observe(i as u16, k, t.bytes as f64).is_some() {
+                    observed.push((i as u16, entries.len() as u32));
                 }
                 entries.push(AggEntry {
                     key,
@@ -308,19 +301,41 @@ impl Merger {
                     totals: *t,
                 });
             }
-            entries.sort_by(|a, b| {
-                b.totals
-                    .bytes
-                    .cmp(&a.totals.bytes)
-                    .then_with(|| a.key.cmp(&b.key))
-            });
-            self.stats.keys_emitted += entries.len() as u64;
             dimensions.push(DimensionWindow {
                 dimension: dim.name().clone(),
                 entries,
                 overflow: *table.overflow(),
             });
             table.clear();
+        }
+        let mut scored = Vec::new();
+        self.zscore.score_window(&mut scored);
+        let mut alerts: Vec<Alert> = scored
+            .into_iter()
+            .filter_map(|(at, s)| {
+                let &(d, e) = observed.get(at)?;
+                let dw = dimensions.get(usize::from(d))?;
+                let entry = dw.entries.get(e as usize)?;
+                Some(Alert {
+                    dimension: dw.dimension.clone(),
+                    key: entry.key.clone(),
+                    window_start: w,
+                    value: s.value,
+                    mean: s.mean,
+                    stddev: s.stddev,
+                    score: s.score,
+                    threshold: self.threshold,
+                })
+            })
+            .collect();
+        for dw in &mut dimensions {
+            dw.entries.sort_by(|a, b| {
+                b.totals
+                    .bytes
+                    .cmp(&a.totals.bytes)
+                    .then_with(|| a.key.cmp(&b.key))
+            });
+            self.stats.keys_emitted += dw.entries.len() as u64;
         }
         self.pool.push(tables);
 

@@ -90,7 +90,7 @@ pub struct Alert {
     pub mean: f64,
     /// Baseline standard deviation.
     pub stddev: f64,
-    /// `(value - mean) / stddev`.
+    /// `(value - mean) / max(stddev, 0.05 · mean)` (see `zscore::SIGMA_FLOOR_FRACTION`).
     pub score: f64,
     /// Threshold in force.
     pub threshold: f64,

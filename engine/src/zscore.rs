@@ -18,8 +18,7 @@
 //!
 //! # Storage
 //!
-//! Structure of arrays, all allocated up front for `max_keys` slots, so that a later SIMD pass
-//! (issue 4) can run over them: per slot the running `sum` and `sum_sq` (f64), `first_seen`
+//! Structure of arrays, all allocated up front for `max_keys` slots: per slot the running `sum` and `sum_sq` (f64), `first_seen`
 //! and `last_seen`; and a ring of `windows + 1` columns of f32 values (`history[column][slot]`),
 //! one column per window, the current one included. Advancing a window subtracts the column
 //! that falls out of the baseline from the sums and zeroes it. Values are stored as f32 (24-bit
@@ -31,6 +30,17 @@
 //! windows). Keys unseen for a whole baseline are evicted (their ring values are all 0 by
 //! then); when every slot is taken, new keys are not scored and are counted
 //! ([`ZScore::untracked`]) until slots free up.
+//!
+//! # Scoring a window
+//!
+//! [`ZScore::observe`] looks the key up, copies its value and its baseline (`sum`, `sum_sq`,
+//! window count) into four contiguous columns and then adds the value to the store.
+//! [`ZScore::score_window`] runs the arithmetic over those columns in one pass
+//! ([`kernel`]: AVX2 where the CPU has it, chosen at run time, four keys per instruction, with
+//! a scalar reference that agrees bit for bit) and returns the observations above the
+//! threshold.
+
+pub mod kernel;
 
 use std::collections::HashMap;
 
@@ -74,6 +84,14 @@ pub struct ZScore {
     current: Option<u64>,
     since_resum: u64,
     untracked: u64,
+
+    // The current window's observations, in `observe` order: the kernel's input columns and
+    // its output.
+    pending_value: Vec<f64>,
+    pending_sum: Vec<f64>,
+    pending_sum_sq: Vec<f64>,
+    pending_n: Vec<f64>,
+    pending_score: Vec<f64>,
 }
 
 impl ZScore {
@@ -98,13 +116,19 @@ impl ZScore {
             current: None,
             since_resum: 0,
             untracked: 0,
+            pending_value: Vec::new(),
+            pending_sum: Vec::new(),
+            pending_sum_sq: Vec::new(),
+            pending_n: Vec::new(),
+            pending_score: Vec::new(),
         }
     }
 
     /// Moves to window `w` (later than the previous one; an earlier or equal `w` is ignored).
     /// Windows skipped in between count as 0 for every key. Evicts keys idle for a whole
-    /// baseline.
+    /// baseline. Observations of the previous window that were not scored are dropped.
     pub fn begin_window(&mut self, w: u64) {
+        self.clear_pending();
         if let Some(cur) = self.current {
             if w <= cur {
                 return;
@@ -124,10 +148,12 @@ impl ZScore {
         self.evict_idle(w);
     }
 
-    /// Records `value` (bytes) for `key` of dimension `dim` in the current window and returns
-    /// the score when it crosses the threshold. Call once per key per window, after
+    /// Records `value` (bytes) for `key` of dimension `dim` in the current window, and queues
+    /// it for [`ZScore::score_window`]. Returns the observation's index in the window (the
+    /// index `score_window` reports it under), or `None` when the key is not tracked (no
+    /// window open, or every slot taken). Call once per key per window, after
     /// [`ZScore::begin_window`].
-    pub fn observe(&mut self, dim: u16, key: &[u8], value: f64) -> Option<Score> {
+    pub fn observe(&mut self, dim: u16, key: &[u8], value: f64) -> Option<usize> {
         let w = self.current?;
         self.scratch.clear();
         self.scratch.extend_from_slice(&dim.to_be_bytes());
@@ -148,8 +174,13 @@ impl ZScore {
             }
         };
 
+        // The baseline as it stands before this window's value joins it.
         let n = (w - self.first_seen[slot]).min(self.windows);
-        let alert = self.score(slot, n, value);
+        let at = self.pending_value.len();
+        self.pending_value.push(value);
+        self.pending_sum.push(self.sum[slot]);
+        self.pending_sum_sq.push(self.sum_sq[slot]);
+        self.pending_n.push(n as f64);
 
         let col = self.column(w);
         let cell = &mut self.history[col * self.max_keys + slot];
@@ -161,7 +192,49 @@ impl ZScore {
         self.sum[slot] += v - old;
         self.sum_sq[slot] += v * v - old * old;
         self.last_seen[slot] = w;
-        alert
+        Some(at)
+    }
+
+    /// Scores every observation of the current window made since the last call, and appends
+    /// to `alerts` the ones above the threshold, as (observation index, score), in
+    /// observation order.
+    pub fn score_window(&mut self, alerts: &mut Vec<(usize, Score)>) {
+        let len = self.pending_value.len();
+        self.pending_score.clear();
+        self.pending_score.resize(len, f64::NEG_INFINITY);
+        let cols = kernel::Columns {
+            value: &self.pending_value,
+            sum: &self.pending_sum,
+            sum_sq: &self.pending_sum_sq,
+            n: &self.pending_n,
+        };
+        kernel::score(cols, self.min_windows as f64, &mut self.pending_score);
+        for (i, &score) in self.pending_score.iter().enumerate() {
+            if score > self.threshold {
+                // Few keys alert: their mean and deviation are recomputed here, with the
+                // kernel's own operations.
+                let n = self.pending_n[i];
+                let mean = self.pending_sum[i] / n;
+                let var = self.pending_sum_sq[i] / n - mean * mean;
+                alerts.push((
+                    i,
+                    Score {
+                        value: self.pending_value[i],
+                        mean,
+                        stddev: if var > 0.0 { var.sqrt() } else { 0.0 },
+                        score,
+                    },
+                ));
+            }
+        }
+        self.clear_pending();
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending_value.clear();
+        self.pending_sum.clear();
+        self.pending_sum_sq.clear();
+        self.pending_n.clear();
     }
 
     /// Keys with a baseline now.
@@ -172,27 +245,6 @@ impl ZScore {
     /// Observations not scored because every slot was taken.
     pub fn untracked(&self) -> u64 {
         self.untracked
-    }
-
-    fn score(&self, slot: usize, n: u64, value: f64) -> Option<Score> {
-        if n < self.min_windows || n == 0 {
-            return None;
-        }
-        let nf = n as f64;
-        let mean = self.sum[slot] / nf;
-        let var = (self.sum_sq[slot] / nf - mean * mean).max(0.0);
-        let stddev = var.sqrt();
-        let sigma = stddev.max(SIGMA_FLOOR_FRACTION * mean);
-        if sigma <= 0.0 {
-            return None;
-        }
-        let score = (value - mean) / sigma;
-        (score > self.threshold).then_some(Score {
-            value,
-            mean,
-            stddev,
-            score,
-        })
     }
 
     fn column(&self, w: u64) -> usize {
@@ -247,6 +299,16 @@ impl ZScore {
 mod tests {
     use super::*;
 
+    impl ZScore {
+        /// One key's observation, scored on its own.
+        fn observe_one(&mut self, dim: u16, key: &[u8], value: f64) -> Option<Score> {
+            let at = self.observe(dim, key, value)?;
+            let mut alerts = Vec::new();
+            self.score_window(&mut alerts);
+            alerts.into_iter().find(|(i, _)| *i == at).map(|(_, s)| s)
+        }
+    }
+
     /// A deterministic noisy series around `mean` (xorshift, ±10 %).
     fn series(n: usize, mean: f64, seed: u64) -> Vec<f64> {
         let mut x = seed | 1;
@@ -266,10 +328,10 @@ mod tests {
         let s = series(200, 1e6, 42);
         for (i, v) in s.iter().enumerate() {
             z.begin_window(1_000 + i as u64);
-            assert_eq!(z.observe(0, b"k", *v), None, "window {i}");
+            assert_eq!(z.observe_one(0, b"k", *v), None, "window {i}");
         }
         z.begin_window(1_200);
-        let a = z.observe(0, b"k", 3e6).expect("spike alerts");
+        let a = z.observe_one(0, b"k", 3e6).expect("spike alerts");
         assert!(a.score > 4.0);
         assert!((a.mean - 1e6).abs() < 0.05e6, "{a:?}");
         // Uniform ±10 %: stddev = 0.2e6 / sqrt(12) ≈ 57735.
@@ -277,7 +339,7 @@ mod tests {
         assert!((a.score - (3e6 - a.mean) / a.stddev).abs() < 1e-6);
         // A drop never alerts.
         z.begin_window(1_201);
-        assert_eq!(z.observe(0, b"k", 0.0), None);
+        assert_eq!(z.observe_one(0, b"k", 0.0), None);
     }
 
     #[test]
@@ -286,11 +348,11 @@ mod tests {
         for i in 0..30 {
             z.begin_window(i);
             let spike = if i == 29 { 1e9 } else { 100.0 };
-            assert_eq!(z.observe(0, b"k", spike), None, "window {i}");
+            assert_eq!(z.observe_one(0, b"k", spike), None, "window {i}");
         }
         z.begin_window(30);
         assert!(
-            z.observe(0, b"k", 1e9).is_some(),
+            z.observe_one(0, b"k", 1e9).is_some(),
             "30 windows of history now"
         );
     }
@@ -301,11 +363,11 @@ mod tests {
         // Present in windows 0..4 with 100, then absent 4..9 (zeros in the baseline).
         for w in 0..4 {
             z.begin_window(w);
-            z.observe(0, b"k", 100.0);
+            z.observe_one(0, b"k", 100.0);
         }
         z.begin_window(9);
         // Baseline: 9 windows, 4 × 100 and 5 × 0: mean 44.4, stddev 49.7.
-        let a = z.observe(0, b"k", 200.0).expect("alert");
+        let a = z.observe_one(0, b"k", 200.0).expect("alert");
         assert!((a.mean - 400.0 / 9.0).abs() < 1e-9, "{a:?}");
         let var = 40_000.0 / 9.0 - (400.0f64 / 9.0).powi(2);
         assert!((a.stddev - var.sqrt()).abs() < 1e-6, "{a:?}");
@@ -316,16 +378,16 @@ mod tests {
         let mut z = ZScore::new(5, 3.0, 5, 4);
         for w in 0..5 {
             z.begin_window(w);
-            z.observe(0, b"k", 1e6);
+            z.observe_one(0, b"k", 1e6);
         }
         // Then 5 windows at 10: the 1e6 values must have left the baseline.
         for w in 5..10 {
             z.begin_window(w);
-            z.observe(0, b"k", 10.0);
+            z.observe_one(0, b"k", 10.0);
         }
         z.begin_window(10);
         let a = z
-            .observe(0, b"k", 100.0)
+            .observe_one(0, b"k", 100.0)
             .expect("alert against the new level");
         assert!((a.mean - 10.0).abs() < 1e-6, "{a:?}");
     }
@@ -334,14 +396,14 @@ mod tests {
     fn bounded_and_evicts_idle_keys() {
         let mut z = ZScore::new(10, 3.0, 2, 2);
         z.begin_window(0);
-        z.observe(0, b"a", 1.0);
-        z.observe(1, b"a", 1.0); // same bytes, other dimension: another key
-        z.observe(0, b"c", 1.0);
+        z.observe_one(0, b"a", 1.0);
+        z.observe_one(1, b"a", 1.0); // same bytes, other dimension: another key
+        z.observe_one(0, b"c", 1.0);
         assert_eq!((z.tracked(), z.untracked()), (2, 1));
         // Eleven windows later both are idle for longer than the baseline.
         z.begin_window(11);
         assert_eq!(z.tracked(), 0);
-        z.observe(0, b"c", 1.0);
+        z.observe_one(0, b"c", 1.0);
         assert_eq!(z.tracked(), 1);
     }
 
@@ -350,12 +412,16 @@ mod tests {
         let mut z = ZScore::new(30, 4.0, 10, 4);
         for w in 0..20 {
             z.begin_window(w);
-            z.observe(0, b"k", 1000.0);
+            z.observe_one(0, b"k", 1000.0);
         }
         z.begin_window(20);
-        assert_eq!(z.observe(0, b"k", 1150.0), None, "+15 % is under 4 × 5 %");
+        assert_eq!(
+            z.observe_one(0, b"k", 1150.0),
+            None,
+            "+15 % is under 4 × 5 %"
+        );
         z.begin_window(21);
-        let a = z.observe(0, b"k", 1300.0).expect("+30 % alerts");
+        let a = z.observe_one(0, b"k", 1300.0).expect("+30 % alerts");
         assert!(a.stddev < SIGMA_FLOOR_FRACTION * a.mean, "{a:?}");
     }
 }
