@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use tracing::{info, warn};
 
 use crate::counters::{SinkCounters, SinkCountersSnapshot};
-use crate::output::{Sink, WindowBatch};
+use crate::output::{Sink, SinkError, WindowBatch};
 use crate::ratelimit::RateLimit;
 
 /// The merger's end of one sink driver.
@@ -148,6 +148,7 @@ fn drive(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut backoff = BACKOFF_MIN;
+        let mut rejects = 0;
         loop {
             match sink.send(&batch) {
                 Ok(()) => {
@@ -164,6 +165,22 @@ fn drive(
                 }
                 Err(error) => {
                     counters.send_failures.fetch_add(1, Ordering::Relaxed);
+                    if let SinkError::Rejected { .. } = error {
+                        rejects += 1;
+                        if rejects >= REJECTS_PER_WINDOW {
+                            // The same batch will be refused again: give it up rather than
+                            // hold every later window behind it.
+                            counters.windows_dropped.fetch_add(1, Ordering::Relaxed);
+                            warn!(
+                                sink = name,
+                                window = batch.window_start,
+                                attempts = rejects,
+                                %error,
+                                "Sink keeps rejecting this window; dropped it."
+                            );
+                            break;
+                        }
+                    }
                     failing_since.get_or_insert_with(Instant::now);
                     if let Some(held_back) = fail_log.check(Instant::now()) {
                         warn!(
@@ -201,6 +218,10 @@ fn past_deadline(deadline_ms: &AtomicU64) -> bool {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Sends of one window the backend may reject (it answered, and refused this batch) before
+/// the window is dropped and counted. A backend that cannot be reached is retried without
+/// limit instead: the bounded queue decides what is lost while it is away.
+const REJECTS_PER_WINDOW: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -274,6 +295,53 @@ mod tests {
             "in order, newest kept"
         );
         assert!(snap.send_failures >= 1);
+        drop(h);
+        join.join().unwrap();
+    }
+
+    /// A sink that rejects one window every time and accepts the others.
+    struct Picky {
+        refuse: u64,
+        got: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Sink for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn send(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+            if batch.window_start == self.refuse {
+                return Err(SinkError::Rejected {
+                    sink: "picky",
+                    reason: "too large".into(),
+                });
+            }
+            self.got.lock().unwrap().push(batch.window_start);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_window_rejected_every_time_is_dropped_and_the_rest_go_through() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Picky {
+            refuse: 2,
+            got: Arc::clone(&got),
+        };
+        let (h, join) = spawn(Box::new(sink), 10).unwrap();
+        for w in 1..=3 {
+            h.dispatch(batch(w));
+        }
+        let snap = loop {
+            let s = h.snapshot();
+            if s.windows_sent == 2 {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(*got.lock().unwrap(), vec![1, 3]);
+        assert_eq!(snap.windows_dropped, 1);
+        assert_eq!(snap.send_failures, u64::from(REJECTS_PER_WINDOW));
         drop(h);
         join.join().unwrap();
     }
