@@ -83,7 +83,8 @@ pub struct KafkaSinkConfig {
     /// Default 5000.
     pub message_timeout_ms: u64,
     /// Further librdkafka settings, passed through as they are (they override the above), e.g.
-    /// `"security.protocol" = "ssl"`. Default empty.
+    /// `"client.id" = "edge-7"` or `"acks" = "all"`. The librdkafka built here has no TLS or
+    /// SASL/GSSAPI support, so `security.protocol` can only be `plaintext`. Default empty.
     pub producer: BTreeMap<String, String>,
 }
 
@@ -187,6 +188,36 @@ impl KafkaSinkConfig {
                     e.to_string(),
                 ));
             }
+        }
+
+        // Combinations librdkafka refuses only when the producer is created (at the first
+        // send), checked here so that they stop flowplane at start instead.
+        let effective = self.client_config();
+        let number = |key: &str| {
+            effective
+                .get(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let linger = number("linger.ms").or(number("queue.buffering.max.ms"));
+        let timeout = number("message.timeout.ms").or(number("delivery.timeout.ms"));
+        if let (Some(linger), Some(timeout)) = (linger, timeout)
+            && linger >= timeout
+        {
+            return Err(SinkConfigError::new(
+                "linger_ms",
+                format!("{linger} ms must be below message_timeout_ms ({timeout} ms)"),
+            ));
+        }
+        let idempotent = effective.get("enable.idempotence") == Some("true");
+        let acks = effective
+            .get("acks")
+            .or(effective.get("request.required.acks"))
+            .unwrap_or("all");
+        if idempotent && !matches!(acks.trim(), "all" | "-1") {
+            return Err(SinkConfigError::new(
+                "producer.acks",
+                format!("`{acks}` cannot be used with idempotence = true (it needs acks = all)"),
+            ));
         }
         Ok(())
     }
@@ -888,6 +919,27 @@ mod tests {
         );
         let mut ok = KafkaSinkConfig::default();
         ok.producer.insert("acks".into(), "all".into());
+        ok.validate().unwrap();
+
+        // Combinations librdkafka only refuses when the producer is created.
+        assert_eq!(
+            bad(&|c| {
+                c.linger_ms = 5_000;
+                c.message_timeout_ms = 5_000;
+            }),
+            "linger_ms"
+        );
+        assert_eq!(
+            bad(&|c| {
+                c.producer.insert("acks".into(), "1".into());
+            }),
+            "producer.acks"
+        );
+        let mut ok = KafkaSinkConfig {
+            idempotence: false,
+            ..KafkaSinkConfig::default()
+        };
+        ok.producer.insert("acks".into(), "1".into());
         ok.validate().unwrap();
     }
 }

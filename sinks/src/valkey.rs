@@ -10,7 +10,7 @@
 //! | `P:z:D:S` | sorted set | member = key text (`10.0.0.1\|443\|6`), score = bytes |
 //! | `P:h:D:S` | hash | `p\|KEY` packets, `f\|KEY` flows, `rb\|KEY` raw bytes, `rp\|KEY` raw packets |
 //! | `P:t:D:S` | hash | the dimension's window totals: `bytes`, `packets`, `flows`, `raw_bytes`, `raw_packets` (every key plus overflow) and `overflow_bytes` ... `overflow_raw_packets` |
-//! | `P:dims` | set | dimension names written in the last TTL |
+//! | `P:dims` | set | dimension names written; the set expires `ttl_secs` after the last write of any dimension (names are never removed one by one) |
 //! | `P:m:I:S:F:C` | string | marker: chunk `C` of batch `F` (a fingerprint of its content) of window `S` from instance `I` was applied |
 //!
 //! Every write is an increment (`ZINCRBY`, `HINCRBY`), never a `SET`, so several flowplane
@@ -421,7 +421,7 @@ pub fn series(
     Ok(points)
 }
 
-/// The dimensions written in the last TTL (from `P:dims`), sorted.
+/// The dimensions written while `P:dims` lived (it expires `ttl_secs` after the last write), sorted.
 ///
 /// # Errors
 ///
