@@ -12,6 +12,19 @@ use serde::Deserialize;
 
 use crate::key::Dimension;
 
+/// The receive path of the workers (`engine.receive`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiveBackend {
+    /// io_uring where the kernel allows it, else `recvmmsg`.
+    #[default]
+    Auto,
+    /// io_uring or nothing: start fails, saying why, when the kernel does not allow it.
+    IoUring,
+    /// `recvmmsg` batches (the portable path).
+    Recvmmsg,
+}
+
 /// Settings of the data plane.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +56,24 @@ pub struct EngineConfig {
     /// Datagrams fetched per `recvmmsg` call (one buffer of 65535 bytes each, per socket).
     /// Default: 64. Range: 1 to 1024.
     pub recv_batch: usize,
+
+    /// How the workers receive: `auto` (io_uring when the kernel allows it, checked at start
+    /// by receiving a datagram through it, else `recvmmsg`), `io_uring` (refuse to start
+    /// without it) or `recvmmsg`. Default: `auto`.
+    pub receive: ReceiveBackend,
+
+    /// io_uring: submission queue entries of each worker's ring. Default: 256. Range: 8 to
+    /// 4096.
+    pub uring_entries: u32,
+
+    /// io_uring: buffers in each worker's provided-buffer ring; the kernel picks one per
+    /// datagram and the worker returns it once the datagram is decoded. A power of two.
+    /// Default: 1024. Range: 8 to 32768.
+    pub uring_buffers: u32,
+
+    /// io_uring: the largest datagram payload a buffer holds, in bytes; a larger datagram is
+    /// cut and counted as truncated. Default: 9216 (a jumbo frame). Range: 1472 to 65507.
+    pub uring_datagram_bytes: usize,
 
     /// Slots of each aggregation table: per worker, per dimension. Must be a power of two
     /// (16 to 16777216). A table takes new keys until it is 7/8 full; records with further new
@@ -111,6 +142,10 @@ impl Default for EngineConfig {
             worker_cores: Vec::new(),
             rcvbuf_bytes: 32 * 1024 * 1024,
             recv_batch: 64,
+            receive: ReceiveBackend::Auto,
+            uring_entries: 256,
+            uring_buffers: 1_024,
+            uring_datagram_bytes: 9_216,
             table_capacity: 65_536,
             dimensions: [
                 "src_ip",
@@ -176,6 +211,20 @@ impl EngineConfig {
         }
         check_range("rcvbuf_bytes", self.rcvbuf_bytes, 65_536, i32::MAX as usize)?;
         check_range("recv_batch", self.recv_batch, 1, 1_024)?;
+        check_range("uring_entries", self.uring_entries as usize, 8, 4_096)?;
+        check_range("uring_buffers", self.uring_buffers as usize, 8, 32_768)?;
+        if !self.uring_buffers.is_power_of_two() {
+            return Err(ConfigError::new(
+                "uring_buffers",
+                format!("{} is not a power of two", self.uring_buffers),
+            ));
+        }
+        check_range(
+            "uring_datagram_bytes",
+            self.uring_datagram_bytes,
+            1_472,
+            65_507,
+        )?;
         check_range("table_capacity", self.table_capacity, 16, 1 << 24)?;
         if !self.table_capacity.is_power_of_two() {
             return Err(ConfigError::new(

@@ -244,12 +244,13 @@ impl CountersSnapshot {
     pub fn summary(&self) -> String {
         let w = &self.workers;
         let mut s = format!(
-            "rx datagrams={} bytes={} socket_drops={} records={} decode_errors={} \
+            "rx datagrams={} bytes={} socket_drops={} truncated={} records={} decode_errors={} \
              sets_without_template={} held_expired={} table_overflow={} merger_behind={} \
              windows={} incomplete={} late_shares={} alerts={}",
             w.datagrams,
             w.bytes,
             w.socket_drops,
+            w.datagrams_truncated,
             w.records,
             self.decode_errors_total(),
             w.sets_without_template,

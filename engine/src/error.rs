@@ -39,6 +39,15 @@ pub enum EngineError {
         /// What the kernel said.
         source: io::Error,
     },
+    /// `engine.receive = "io_uring"` was asked for and this kernel or process cannot do it.
+    #[error(
+        "invalid setting `engine.receive`: io_uring is not usable here: {reason} (use \"auto\" \
+         or \"recvmmsg\")"
+    )]
+    IoUring {
+        /// Why not.
+        reason: String,
+    },
     /// A thread could not be started.
     #[error("cannot start thread {name}: {source}")]
     Spawn {

@@ -17,6 +17,7 @@ mod rx;
 mod sink_driver;
 mod sys;
 pub mod table;
+mod uring;
 pub mod worker;
 pub mod zscore;
 
@@ -29,7 +30,7 @@ use std::time::Duration;
 use crossbeam_channel::unbounded;
 use tracing::{info, warn};
 
-pub use config::{ConfigError, EngineConfig};
+pub use config::{ConfigError, EngineConfig, ReceiveBackend};
 pub use counters::CountersSnapshot;
 pub use error::EngineError;
 pub use output::{
@@ -45,6 +46,9 @@ pub struct RunReport {
     pub bound: Vec<SocketAddr>,
     /// Final counters.
     pub counters: CountersSnapshot,
+    /// The receive path the workers used (a worker whose ring could not be set up under
+    /// `auto` used `recvmmsg`; the log says which).
+    pub receive: ReceiveBackend,
 }
 
 /// Runs the data plane until `shutdown` becomes true, then flushes the open window to the
@@ -82,6 +86,27 @@ pub fn run_with(
     let cores = worker_cores(cfg)?;
     let listeners = rx::open(&cfg.listen, cfg.workers, cfg.rcvbuf_bytes)?;
     let bound = listeners.bound.clone();
+    let backend = rx::choose(cfg)?;
+    // Each worker's ring is set up here, before any thread starts, so that a forced io_uring
+    // that fails stops the start; under `auto` a worker whose ring fails falls back alone.
+    let mut rings = Vec::with_capacity(cfg.workers);
+    for (id, socks) in listeners.sockets.iter().enumerate() {
+        rings.push(match backend {
+            config::ReceiveBackend::IoUring => match rx::new_uring(socks, rx::uring_sizes(cfg)) {
+                Ok(r) => Some(r),
+                Err(e) if cfg.receive == config::ReceiveBackend::IoUring => {
+                    return Err(EngineError::IoUring {
+                        reason: format!("worker {id}: {e}"),
+                    });
+                }
+                Err(e) => {
+                    warn!(worker = id, error = %e, "io_uring setup failed; this worker uses recvmmsg.");
+                    None
+                }
+            },
+            _ => None,
+        });
+    }
 
     // Sink drivers first, so the merger has somewhere to hand windows.
     let mut handles = Vec::with_capacity(sinks.len());
@@ -130,7 +155,13 @@ pub fn run_with(
     // Workers, each with its own sockets, decoder and tables.
     let stop = Arc::new(AtomicBool::new(false));
     let mut worker_joins = Vec::with_capacity(cfg.workers);
-    for (id, (socks, spare_rx)) in listeners.sockets.into_iter().zip(spares).enumerate() {
+    for (id, ((socks, spare_rx), ring)) in listeners
+        .sockets
+        .into_iter()
+        .zip(spares)
+        .zip(rings)
+        .enumerate()
+    {
         let worker = worker::Worker::new(
             id,
             Arc::clone(&dims),
@@ -154,7 +185,10 @@ pub fn run_with(
                     "Could not pin the worker to its core."
                 );
             }
-            rx::run_worker(worker, socks, batch, &stop);
+            match ring {
+                Some(ring) => rx::run_worker_uring(worker, socks, ring, batch, &stop),
+                None => rx::run_worker(worker, socks, batch, &stop),
+            }
         })?;
         worker_joins.push((name, j));
     }
@@ -216,7 +250,11 @@ pub fn run_with(
         .map(|(name, c)| c.snapshot(name, 0))
         .collect();
     info!("Stopped: {}", counters.summary());
-    Ok(RunReport { bound, counters })
+    Ok(RunReport {
+        bound,
+        counters,
+        receive: backend,
+    })
 }
 
 /// The core of each worker: `Some` when pinning, from `worker_cores` or 1, 2, ... (wrapping

@@ -27,19 +27,29 @@
 //! and its growth is added to the worker's `socket_drops`: a datagram the kernel dropped before
 //! flowplane saw it still shows in the loss figures.
 //!
-//! TODO(#4): io_uring multishot receive behind the same loop; this is the portable fallback.
+//! # The io_uring loop
+//!
+//! Where the kernel allows it (see [`choose`]), a worker instead owns one io_uring with a
+//! multishot `recvmsg` armed on each of its sockets and a ring of provided buffers
+//! ([`crate::uring`]): one wait returns every datagram that arrived, each already in a buffer
+//! the kernel picked, with its sender's address; each buffer goes back to the kernel as soon as
+//! its datagram is decoded. The window clock, the drop counters and the shutdown drain are the
+//! same as above. The `recvmmsg` loop stays as the fallback and can be forced with
+//! `engine.receive = "recvmmsg"`.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::EngineError;
+use crate::config::{EngineConfig, ReceiveBackend};
 use crate::merger::unix_ms;
 use crate::ratelimit::RateLimit;
 use crate::sys::{self, RecvBatch};
+use crate::uring::{self, UringRx, UringSizes};
 use crate::worker::Worker;
 
 /// Longest wait in `poll` without traffic, in milliseconds.
@@ -206,6 +216,147 @@ pub(crate) fn run_worker(
     }
     worker.count_rx(0, drops.delta(&fds), 0);
     worker.finish(unix_ms());
+    debug!("Worker stopped.");
+}
+
+/// The receive path every worker will use, decided once at start: io_uring when asked for or
+/// allowed (`auto`) and [`uring::probe`] succeeds, else `recvmmsg`. Logs the choice and why.
+///
+/// # Errors
+///
+/// `engine.receive = "io_uring"` on a kernel or process that cannot do it.
+pub(crate) fn choose(cfg: &EngineConfig) -> Result<ReceiveBackend, EngineError> {
+    let probed = match cfg.receive {
+        ReceiveBackend::Recvmmsg => {
+            info!(
+                backend = "recvmmsg",
+                "Receive path: recvmmsg (engine.receive = \"recvmmsg\")."
+            );
+            return Ok(ReceiveBackend::Recvmmsg);
+        }
+        ReceiveBackend::Auto | ReceiveBackend::IoUring => uring::probe(),
+    };
+    match (probed, cfg.receive) {
+        (Ok(()), _) => {
+            info!(
+                backend = "io_uring",
+                buffers = cfg.uring_buffers,
+                datagram_bytes = cfg.uring_datagram_bytes,
+                "Receive path: io_uring multishot recvmsg with provided buffers (probe passed)."
+            );
+            Ok(ReceiveBackend::IoUring)
+        }
+        (Err(reason), ReceiveBackend::IoUring) => Err(EngineError::IoUring { reason }),
+        (Err(reason), _) => {
+            info!(
+                backend = "recvmmsg",
+                %reason,
+                "Receive path: recvmmsg, because io_uring is not usable here."
+            );
+            Ok(ReceiveBackend::Recvmmsg)
+        }
+    }
+}
+
+/// The sizes of a worker's ring from the configuration.
+pub(crate) fn uring_sizes(cfg: &EngineConfig) -> UringSizes {
+    UringSizes {
+        entries: cfg.uring_entries,
+        buffers: u16::try_from(cfg.uring_buffers).unwrap_or(32_768),
+        datagram_bytes: cfg.uring_datagram_bytes,
+    }
+}
+
+/// Sets up a worker's ring on its sockets (on the starting thread, so that a failure stops the
+/// start when io_uring was forced).
+pub(crate) fn new_uring(sockets: &[Socket], sizes: UringSizes) -> std::io::Result<UringRx> {
+    let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+    UringRx::new(&fds, sizes)
+}
+
+/// [`run_worker`] through io_uring.
+pub(crate) fn run_worker_uring(
+    mut worker: Worker,
+    sockets: Vec<Socket>,
+    mut ring: UringRx,
+    drain_batch: usize,
+    stop: &AtomicBool,
+) {
+    let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut drops = DropCounter::new(&fds);
+    let mut err_log = RateLimit::new(std::time::Duration::from_secs(10));
+    let tick = std::time::Duration::from_millis(IDLE_TICK_MS as u64);
+
+    let mut window = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        // The arrival time is read once per wait: completions come in batches.
+        let mut now = unix_ms();
+        let mut truncated = 0;
+        let waited = ring.wait(tick, |d| {
+            truncated += u64::from(d.truncated);
+            worker.on_datagram(d.src.unwrap_or(UNKNOWN_SRC), now, d.payload);
+        });
+        match waited {
+            Ok(stats) => {
+                worker.count_rx(truncated, 0, stats.errors);
+                if stats.errors > 0
+                    && let Some(held_back) = err_log.check(std::time::Instant::now())
+                {
+                    let error = stats.last_error.map(std::io::Error::from_raw_os_error);
+                    warn!(?error, held_back, "io_uring receive failed.");
+                }
+            }
+            Err(error) => {
+                worker.count_rx(truncated, 0, 1);
+                if let Some(held_back) = err_log.check(std::time::Instant::now()) {
+                    warn!(%error, held_back, "io_uring wait failed.");
+                }
+                std::thread::sleep(tick);
+            }
+        }
+
+        now = unix_ms();
+        if window != Some(now / 1000) {
+            worker.count_rx(0, drops.delta(&fds), 0);
+            window = Some(now / 1000);
+        }
+        worker.maybe_rotate(now);
+        if stopping {
+            break;
+        }
+    }
+
+    // Datagrams in flight come out with the cancellations; what is still queued in the
+    // sockets is read once more the portable way.
+    let now = unix_ms();
+    let mut truncated = 0;
+    let released = ring.shutdown(|d| {
+        truncated += u64::from(d.truncated);
+        worker.on_datagram(d.src.unwrap_or(UNKNOWN_SRC), now, d.payload);
+    });
+    worker.count_rx(truncated, 0, 0);
+    drop(ring);
+    if !released {
+        warn!("io_uring requests did not finish cancelling within 1 s.");
+    }
+    let mut rx = RecvBatch::new(drain_batch);
+    for &fd in &fds {
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let Ok(n) = rx.recv(fd) else { break };
+            for i in 0..n {
+                let Some(d) = rx.get(i) else { break };
+                worker.count_rx(u64::from(d.truncated), 0, 0);
+                worker.on_datagram(d.src.unwrap_or(UNKNOWN_SRC), now, d.payload);
+            }
+            if n < drain_batch {
+                break;
+            }
+        }
+    }
+    worker.count_rx(0, drops.delta(&fds), 0);
+    worker.finish(unix_ms());
+    drop(sockets);
     debug!("Worker stopped.");
 }
 

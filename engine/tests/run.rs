@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use flowplane_engine::{EngineConfig, Sink, SinkError, WindowBatch};
+use flowplane_engine::{EngineConfig, ReceiveBackend, Sink, SinkError, WindowBatch};
 
 struct Collect(Arc<Mutex<Vec<WindowBatch>>>);
 
@@ -41,9 +41,31 @@ fn v5(n: u8, bytes: u32) -> Vec<u8> {
 }
 
 #[test]
-fn every_record_sent_reaches_the_sink_and_shutdown_flushes() {
+fn every_record_sent_reaches_the_sink_through_io_uring() {
+    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::IoUring);
+    assert_eq!(report, ReceiveBackend::IoUring);
+}
+
+#[test]
+fn every_record_sent_reaches_the_sink_through_recvmmsg() {
+    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Recvmmsg);
+    assert_eq!(report, ReceiveBackend::Recvmmsg);
+}
+
+/// `auto` takes io_uring on the kernels this project runs on (Linux 6.x); a kernel without it
+/// would take recvmmsg and say why in the log.
+#[test]
+fn auto_prefers_io_uring() {
+    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Auto);
+    assert_eq!(report, ReceiveBackend::IoUring);
+}
+
+fn every_record_sent_reaches_the_sink_and_shutdown_flushes(
+    receive: ReceiveBackend,
+) -> ReceiveBackend {
     let got = Arc::new(Mutex::new(Vec::new()));
     let cfg = EngineConfig {
+        receive,
         listen: vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
         workers: 2,
         pin_cores: false,
@@ -113,6 +135,7 @@ fn every_record_sent_reaches_the_sink_and_shutdown_flushes() {
     }
     assert_eq!(by_src, sent_bytes);
     assert_eq!(by_port, sent_bytes);
+    report.receive
 }
 
 #[test]
