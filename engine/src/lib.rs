@@ -13,6 +13,7 @@ pub mod key;
 pub mod merger;
 pub mod output;
 mod ratelimit;
+pub mod receive;
 mod rx;
 mod sink_driver;
 mod sys;
@@ -87,27 +88,6 @@ pub fn run_with(
     let listeners = rx::open(&cfg.listen, cfg.workers, cfg.rcvbuf_bytes)?;
     let bound = listeners.bound.clone();
     let backend = rx::choose(cfg)?;
-    // Each worker's ring is set up here, before any thread starts, so that a forced io_uring
-    // that fails stops the start; under `auto` a worker whose ring fails falls back alone.
-    let mut rings = Vec::with_capacity(cfg.workers);
-    for (id, socks) in listeners.sockets.iter().enumerate() {
-        rings.push(match backend {
-            config::ReceiveBackend::IoUring => match rx::new_uring(socks, rx::uring_sizes(cfg)) {
-                Ok(r) => Some(r),
-                Err(e) if cfg.receive == config::ReceiveBackend::IoUring => {
-                    return Err(EngineError::IoUring {
-                        reason: format!("worker {id}: {e}"),
-                    });
-                }
-                Err(e) => {
-                    warn!(worker = id, error = %e, "io_uring setup failed; this worker uses recvmmsg.");
-                    None
-                }
-            },
-            _ => None,
-        });
-    }
-
     // Sink drivers first, so the merger has somewhere to hand windows.
     let mut handles = Vec::with_capacity(sinks.len());
     let mut driver_joins = Vec::with_capacity(sinks.len());
@@ -155,13 +135,10 @@ pub fn run_with(
     // Workers, each with its own sockets, decoder and tables.
     let stop = Arc::new(AtomicBool::new(false));
     let mut worker_joins = Vec::with_capacity(cfg.workers);
-    for (id, ((socks, spare_rx), ring)) in listeners
-        .sockets
-        .into_iter()
-        .zip(spares)
-        .zip(rings)
-        .enumerate()
-    {
+    // Each worker sets up its own ring (io_uring rings here are single-issuer: the thread that
+    // submits must be the one that created it) and reports whether it could.
+    let (ready_tx, ready_rx) = unbounded::<Result<(), String>>();
+    for (id, (socks, spare_rx)) in listeners.sockets.into_iter().zip(spares).enumerate() {
         let worker = worker::Worker::new(
             id,
             Arc::clone(&dims),
@@ -174,6 +151,9 @@ pub fn run_with(
         let core = cores.get(id).copied().flatten();
         let stop = Arc::clone(&stop);
         let batch = cfg.recv_batch;
+        let sizes = rx::uring_sizes(cfg);
+        let forced = cfg.receive == config::ReceiveBackend::IoUring;
+        let ready = ready_tx.clone();
         let name = format!("fp-worker-{id}");
         let j = spawn(name.clone(), move || {
             if let Some(c) = core
@@ -185,6 +165,24 @@ pub fn run_with(
                     "Could not pin the worker to its core."
                 );
             }
+            let ring = match backend {
+                config::ReceiveBackend::IoUring => match rx::new_uring(&socks, sizes) {
+                    Ok(r) => Some(r),
+                    Err(e) if forced => {
+                        let _ = ready.send(Err(format!("worker {id}: {e}")));
+                        // The start is refused; the worker still reports its (empty) window
+                        // so that the merger can finish.
+                        stop.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    Err(e) => {
+                        warn!(worker = id, error = %e, "io_uring setup failed; this worker uses recvmmsg.");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let _ = ready.send(Ok(()));
             match ring {
                 Some(ring) => rx::run_worker_uring(worker, socks, ring, batch, &stop),
                 None => rx::run_worker(worker, socks, batch, &stop),
@@ -193,8 +191,24 @@ pub fn run_with(
         worker_joins.push((name, j));
     }
     drop(share_tx);
+    drop(ready_tx);
+    // Every worker reports once (twice when it refuses: the refusal, then ready to wind down).
+    let mut refused = None;
+    let mut reported = 0;
+    while reported < cfg.workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => reported += 1,
+            Ok(Err(reason)) => {
+                refused.get_or_insert(reason);
+            }
+            Err(_) => break,
+        }
+    }
+    if refused.is_some() {
+        stop.store(true, Ordering::Relaxed);
+    }
 
-    for a in &bound {
+    for a in refused.is_none().then_some(&bound).into_iter().flatten() {
         info!(
             addr = %a,
             workers = cfg.workers,
@@ -203,12 +217,13 @@ pub fn run_with(
             "Listening for NetFlow v5/v9 and IPFIX."
         );
     }
-    on_ready(&bound);
-
-    while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
+    if refused.is_none() {
+        on_ready(&bound);
+        while !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        info!("Shutting down: flushing the open window.");
     }
-    info!("Shutting down: flushing the open window.");
 
     // Workers drain their sockets and send their last share; the merger closes every window
     // and hands it to the drivers, which get until the deadline to write it.
@@ -239,6 +254,9 @@ pub fn run_with(
         if j.join().is_err() {
             first_err.get_or_insert(EngineError::ThreadPanicked { name });
         }
+    }
+    if let Some(reason) = refused {
+        return Err(EngineError::IoUring { reason });
     }
     if let Some(e) = first_err {
         return Err(e);

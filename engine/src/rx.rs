@@ -267,8 +267,8 @@ pub(crate) fn uring_sizes(cfg: &EngineConfig) -> UringSizes {
     }
 }
 
-/// Sets up a worker's ring on its sockets (on the starting thread, so that a failure stops the
-/// start when io_uring was forced).
+/// Sets up a worker's ring on its sockets. Call it on the worker's own thread: the ring accepts
+/// submissions only from the thread that created it.
 pub(crate) fn new_uring(sockets: &[Socket], sizes: UringSizes) -> std::io::Result<UringRx> {
     let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
     UringRx::new(&fds, sizes)
