@@ -41,7 +41,7 @@ use flowplane_engine::{AggEntry, Alert, KeyValue, SinkError, Totals, WindowBatch
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
@@ -262,26 +262,24 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink for this configuration. When `create_topics` is on, asks the brokers to create
-    /// the topics (waiting at most 3 s; a failure is logged, retried after a failed send, and
-    /// never fatal: the broker may create topics itself). The producer is made on the first
-    /// [`send`](Self::send).
+    /// A sink for this configuration. Does not touch the network: the first
+    /// [`send`](Self::send) creates the topics when `create_topics` is on (waiting at most 3 s;
+    /// a failure is logged, retried after a failed send, and never fatal: the broker may create
+    /// topics itself) and makes the producer.
     ///
     /// # Errors
     ///
     /// [`SinkConfigError`] when the configuration is invalid; never because Kafka is down.
     pub fn new(config: KafkaSinkConfig) -> Result<Self, SinkConfigError> {
         config.validate()?;
-        let mut sink = Self {
+        Ok(Self {
             instance: config.instance_name(),
             topics_pending: config.create_topics,
             config,
             producer: None,
             last_topic_attempt: None,
             warn: RateLimit::new(WARN_INTERVAL),
-        };
-        sink.ensure_topics();
-        Ok(sink)
+        })
     }
 
     /// The `instance` written into documents.
@@ -404,6 +402,11 @@ impl flowplane_engine::Sink for KafkaSink {
     }
 
     fn send(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
+        if self.last_topic_attempt.is_none() {
+            // First send: on the sink's own thread, so a broker that is slow to answer never
+            // delays the start of the data plane.
+            self.ensure_topics();
+        }
         let result = self.write(batch);
         let Err(error) = &result else {
             return result;
@@ -591,9 +594,19 @@ fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
 
 /// Delivery reports of the current `send`: messages carry the generation they were sent in,
 /// and reports of an older generation (purged leftovers) are ignored.
-#[derive(Default)]
 struct Deliveries {
     state: Mutex<DeliveryState>,
+    /// librdkafka reports a broker that is down many times a second; one line per interval.
+    client_log: Mutex<RateLimit>,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            client_log: Mutex::new(RateLimit::new(WARN_INTERVAL)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -627,7 +640,42 @@ impl Deliveries {
     }
 }
 
-impl ClientContext for Deliveries {}
+impl Deliveries {
+    /// Logs a client problem at warn, at most once per interval (with the count held back).
+    fn limited(&self, what: &str) {
+        let allowed = self
+            .client_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(sink = NAME, suppressed, "Kafka client: {what}");
+        }
+    }
+}
+
+/// librdkafka's own log and error callbacks, into flowplane's log: errors rate-limited at warn
+/// (the failed sends say the rest), the chatter at debug and trace.
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => self.limited(&format!("{fac}: {log_message}")),
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::debug!(sink = NAME, facility = fac, "librdkafka: {log_message}");
+            }
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::trace!(sink = NAME, facility = fac, "librdkafka: {log_message}");
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.limited(&format!("{error}: {reason}"));
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;

@@ -36,6 +36,13 @@ pub(crate) struct ReplayArgs {
     /// Ports below 1024 need privileges.
     #[arg(long)]
     keep_source_port: bool,
+
+    /// Sending threads, each with its own socket (its own source port, so a collector with
+    /// several workers spreads them), each sending the whole capture; `--rate` is shared among
+    /// them. With more than one sender, or with `--loop` other than 1, the capture is read into
+    /// memory once (up to 256 MiB of payload), which makes replay a load generator.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    senders: u16,
 }
 
 /// Sends the capture and prints what was sent.
@@ -44,6 +51,15 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install the signal handler")?;
+    }
+
+    if args.senders > 1 || args.loops != 1 {
+        if args.keep_source_port {
+            anyhow::bail!(
+                "--keep-source-port replays one pass from one sender; drop --senders/--loop"
+            );
+        }
+        return generate(args, &stop);
     }
 
     let mut sockets = Sockets::new(args.to, args.keep_source_port);
@@ -116,6 +132,115 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// The load-generator mode: the capture in memory, `senders` threads looping over it.
+fn generate(args: &ReplayArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut held = 0usize;
+    let mut reader = CaptureReader::open(&args.file)?;
+    for datagram in reader.by_ref() {
+        let datagram = datagram?;
+        held += datagram.payload.len();
+        if held > MAX_IN_MEMORY {
+            anyhow::bail!(
+                "{} holds more than {} MiB of payload: too much to loop in memory; replay it \
+                 with --loop 1 and one sender",
+                args.file.display(),
+                MAX_IN_MEMORY >> 20
+            );
+        }
+        payloads.push(datagram.payload);
+    }
+    if payloads.is_empty() {
+        anyhow::bail!("{} holds no UDP datagrams to send", args.file.display());
+    }
+    let skipped = reader.skipped();
+    let payloads = Arc::new(payloads);
+    let senders = usize::from(args.senders);
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(senders as f64 / r));
+    let started = Instant::now();
+    let mut threads = Vec::with_capacity(senders);
+    for _ in 0..senders {
+        let socket = Sockets::new(args.to, false)
+            .for_port(0)?
+            .try_clone()
+            .context("cannot clone the sending socket")?;
+        let payloads = Arc::clone(&payloads);
+        let stop = Arc::clone(stop);
+        let (to, loops) = (args.to, args.loops);
+        threads.push(thread::spawn(move || {
+            let mut t = Totals::default();
+            let mut next_send = Instant::now();
+            let mut pass = 0u64;
+            'passes: while loops == 0 || pass < loops {
+                pass += 1;
+                for p in payloads.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        break 'passes;
+                    }
+                    if let Some(interval) = interval {
+                        pace(&mut next_send, interval);
+                    }
+                    match socket.send_to(p, to) {
+                        Ok(_) => {
+                            t.datagrams += 1;
+                            t.bytes += p.len() as u64;
+                        }
+                        Err(_) => t.failed += 1,
+                    }
+                }
+            }
+            (t, pass)
+        }));
+    }
+    let mut sent = Totals::default();
+    let mut passes = 0;
+    for th in threads {
+        let (t, pass) = th
+            .join()
+            .map_err(|_| anyhow::anyhow!("a sender thread panicked"))?;
+        sent.datagrams += t.datagrams;
+        sent.bytes += t.bytes;
+        sent.failed += t.failed;
+        passes += pass;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replay: sent {} datagrams ({} bytes) to {} in {:.3} s ({:.0} datagrams/s) from {} \
+         sender(s), {} pass(es){}{}",
+        sent.datagrams,
+        sent.bytes,
+        args.to,
+        secs,
+        if secs > 0.0 {
+            sent.datagrams as f64 / secs
+        } else {
+            0.0
+        },
+        senders,
+        passes,
+        if sent.failed > 0 {
+            format!(", {} send errors", sent.failed)
+        } else {
+            String::new()
+        },
+        if skipped.total() > 0 {
+            format!(", {} non-UDP or fragment packets skipped", skipped.total())
+        } else {
+            String::new()
+        },
+    );
+    Ok(if sent.failed > 0 && sent.datagrams == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Payload bytes the load-generator mode keeps in memory at most.
+const MAX_IN_MEMORY: usize = 256 << 20;
 
 #[derive(Default)]
 struct Totals {
