@@ -17,6 +17,7 @@
 //! repository root lists them all with their defaults.
 
 use flowplane_engine::config::EngineConfig;
+use flowplane_hwprofiles::Profile;
 use flowplane_sinks::{KafkaSinkConfig, SinkConfigError, ValkeySinkConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,68 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Config::load`] with a hardware profile's settings under the file's: `defaults` (from
+    /// [`profile_defaults`]) fills in every key the file leaves out, and the file wins wherever
+    /// it sets a key.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]. Errors in the file are reported against the file alone, with its
+    /// lines; a value refused after merging may come from the profile (the log at start lists
+    /// which settings the profile supplied).
+    pub fn load_with_defaults(
+        path: Option<&Path>,
+        defaults: &toml::Table,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        };
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message,
+        };
+        // The file alone first, so that its errors name its own lines.
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => parse_error(message),
+            other => other,
+        })?;
+
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        for (section, keys) in defaults {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            // The file parsed above, so a section present in it is a table.
+            let (toml::Value::Table(have), toml::Value::Table(keys)) = (entry, keys) else {
+                continue;
+            };
+            // Settings that only make sense together come from one place: the file, when it
+            // sets any of them.
+            let from_file = |key: &str| {
+                LINKED
+                    .iter()
+                    .filter(|(sec, group)| sec == section && group.contains(&key))
+                    .any(|(_, group)| group.iter().any(|k| have.contains_key(*k)))
+            };
+            let missing: Vec<(String, toml::Value)> = keys
+                .iter()
+                .filter(|(key, _)| !have.contains_key(*key) && !from_file(key))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            have.extend(missing);
+        }
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Parses configuration text, without validating the values.
     ///
     /// # Errors
@@ -101,6 +164,67 @@ impl Config {
         self.log.validate()
     }
 }
+
+/// The settings a hardware profile supplies, as TOML tables (`engine`, `valkey`, `kafka`), for
+/// [`Config::load_with_defaults`].
+///
+/// `workers` and `worker_cores` go together (see [`LINKED`]): a file that sets either, or
+/// `pin_cores`, keeps its own worker placement. The profile's merger and sink cores are not
+/// applied: the engine does not pin those threads yet (TODO(#4)).
+pub fn profile_defaults(profile: &Profile) -> toml::Table {
+    // Every profile value passed validation, far below i64::MAX.
+    let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    let r = &profile.receive;
+    let mut engine = toml::Table::new();
+    engine.insert("workers".into(), int(profile.cores.workers.len() as u64));
+    engine.insert(
+        "worker_cores".into(),
+        toml::Value::Array(
+            profile
+                .cores
+                .workers
+                .iter()
+                .map(|&c| int(c as u64))
+                .collect(),
+        ),
+    );
+    for (k, v) in [
+        ("rcvbuf_bytes", r.rcvbuf_bytes),
+        ("recv_batch", r.recv_batch),
+        ("uring_entries", r.uring_entries),
+        ("uring_buffers", r.uring_buffers),
+        ("uring_datagram_bytes", r.uring_datagram_bytes),
+        ("table_capacity", profile.aggregation.table_capacity),
+        ("sink_queue_windows", profile.aggregation.sink_queue_windows),
+    ] {
+        engine.insert(k.into(), int(v));
+    }
+
+    let mut valkey = toml::Table::new();
+    valkey.insert(
+        "max_pipeline_commands".into(),
+        int(profile.valkey.max_pipeline_commands),
+    );
+    let k = &profile.kafka;
+    let mut kafka = toml::Table::new();
+    kafka.insert("linger_ms".into(), int(k.linger_ms));
+    kafka.insert("batch_size_bytes".into(), int(k.batch_size_bytes));
+    kafka.insert("topic_partitions".into(), int(k.topic_partitions));
+    if let Some(rf) = k.topic_replication {
+        kafka.insert("topic_replication".into(), int(rf));
+    }
+
+    let mut out = toml::Table::new();
+    out.insert("engine".into(), toml::Value::Table(engine));
+    out.insert("valkey".into(), toml::Value::Table(valkey));
+    out.insert("kafka".into(), toml::Value::Table(kafka));
+    out
+}
+
+/// Groups of settings (table, keys) that [`Config::load_with_defaults`] takes all from the file
+/// when the file sets any of them: a profile's `worker_cores` under a file's `workers` would
+/// contradict it.
+pub const LINKED: [(&str, &[&str]); 1] = [("engine", &["workers", "worker_cores", "pin_cores"])];
 
 /// Names a sink's refused setting with its table.
 fn sink_error(table: &'static str) -> impl Fn(SinkConfigError) -> ConfigError {
@@ -385,6 +509,44 @@ mod tests {
                 || text.contains(&format!(".{name}]"));
             assert!(listed, "`{name}` is missing from flowplane.example.toml");
         }
+    }
+
+    #[test]
+    fn profile_sets_defaults_and_the_file_overrides_them() {
+        let tier8 = flowplane_hwprofiles::profile::by_name("tier-8").unwrap();
+        let path =
+            std::env::temp_dir().join(format!("flowplane-profile-{}.toml", std::process::id()));
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load_with_defaults(Some(&path), &profile_defaults(&tier8))
+        };
+
+        let c = load("").unwrap();
+        assert_eq!(c.engine.workers, 5);
+        assert_eq!(c.engine.worker_cores, [1, 2, 3, 4, 5]);
+        assert_eq!(c.engine.uring_buffers, 2_048);
+        assert_eq!(c.valkey.sink.max_pipeline_commands, 50_000);
+        assert_eq!(c.kafka.sink.topic_partitions, 6);
+
+        // The file wins; setting `workers` keeps the profile's cores out.
+        let c =
+            load("[engine]\nworkers = 2\ntable_capacity = 1024\n[kafka]\nlinger_ms = 5\n").unwrap();
+        assert_eq!(c.engine.workers, 2);
+        assert!(c.engine.worker_cores.is_empty());
+        assert_eq!(c.engine.table_capacity, 1_024);
+        assert_eq!(c.engine.rcvbuf_bytes, 33_554_432);
+        assert_eq!(c.kafka.sink.linger_ms, 5);
+        assert_eq!(c.kafka.sink.batch_size_bytes, 1_000_000);
+
+        // File errors still name the file's own line.
+        let e = load("\n[engine]\ntable_capacty = 1\n")
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.contains("unknown field `table_capacty`") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]

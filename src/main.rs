@@ -1,6 +1,6 @@
 //! The `flowplane` binary: `run` (the data plane), `top` (ask Valkey), `decode` (debug an
-//! exporter from a capture), `replay` (send a capture to a collector) and `kafka-tail` (read
-//! back what went to Kafka).
+//! exporter from a capture), `replay` (send a capture to a collector), `kafka-tail` (read
+//! back what went to Kafka) and `profile` (which hardware profile this machine fits).
 //!
 //! Commands print their answer to stdout; diagnostics and summaries go to stderr. A command that
 //! cannot start (bad configuration, unreadable file, unreachable Valkey for `top`) exits with
@@ -36,6 +36,12 @@ enum Command {
         /// flowplane.example.toml).
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
+
+        /// Hardware profile whose settings become the defaults: `auto` (the largest tier this
+        /// machine fits) or tier-8, tier-16, tier-32, ha-3x16. The configuration file overrides
+        /// them. A profile that does not fit this machine is refused.
+        #[arg(long, short, value_name = "NAME|auto")]
+        profile: Option<String>,
     },
 
     /// Top keys of a dimension by bytes over the last minute(s), or one key's per-second
@@ -49,6 +55,10 @@ enum Command {
     /// Send the UDP payloads of a capture to a collector.
     Replay(cmd::replay::ReplayArgs),
 
+    /// Inspect this machine (cores, memory, NICs, disks, io_uring, kernel settings) and say
+    /// which hardware profile fits, what rate it should hold, what caps it and what to change.
+    Profile(cmd::profile::ProfileArgs),
+
     /// Print the newest messages of a Kafka topic (by default the aggregates topic), one
     /// payload per line: a check of what flowplane wrote.
     KafkaTail(cmd::kafka_tail::KafkaTailArgs),
@@ -57,11 +67,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => cmd::run::run(config.as_deref()),
+        Command::Run { config, profile } => cmd::run::run(config.as_deref(), profile.as_deref()),
         Command::Top(args) => cmd::top::top(&args),
         Command::Decode(args) => cmd::decode::decode(&args),
         Command::Replay(args) => cmd::replay::replay(&args),
         Command::KafkaTail(args) => cmd::kafka_tail::kafka_tail(&args),
+        Command::Profile(args) => cmd::profile::profile(&args),
     };
     match result {
         Ok(code) => code,

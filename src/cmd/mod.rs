@@ -2,6 +2,7 @@
 
 pub(crate) mod decode;
 pub(crate) mod kafka_tail;
+pub(crate) mod profile;
 pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod top;

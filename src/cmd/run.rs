@@ -7,16 +7,41 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
-use flowplane::config::{Config, LogConfig, LogFormat};
+use flowplane::config::{Config, LogConfig, LogFormat, profile_defaults};
 use flowplane_sinks::{KafkaSink, ValkeySink};
 use tracing_subscriber::EnvFilter;
 
-/// Loads the configuration, starts logging, installs the signal handlers and runs the engine
-/// until SIGINT or SIGTERM.
-pub(crate) fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+/// Loads the configuration (under the hardware profile's settings when one is named), starts
+/// logging, installs the signal handlers and runs the engine until SIGINT or SIGTERM.
+pub(crate) fn run(config_path: Option<&Path>, profile: Option<&str>) -> anyhow::Result<ExitCode> {
+    let selected = profile.map(super::profile::select_for_run).transpose()?;
+    let config = match &selected {
+        None => Config::load(config_path)?,
+        Some((p, _)) => Config::load_with_defaults(config_path, &profile_defaults(p))?,
+    };
     init_logging(&config.log)?;
     let shutdown = install_signal_handlers()?;
+
+    if let Some((p, verdict)) = &selected {
+        tracing::info!(
+            profile = %p.name,
+            expected_records_per_sec = verdict.records_per_sec,
+            limit = %verdict.limit,
+            workers = config.engine.workers,
+            worker_cores = ?config.engine.worker_cores,
+            "Hardware profile applied; the configuration file overrides its settings."
+        );
+        // TODO(#4): pin the merger(s) and sink threads once the engine takes their cores.
+        tracing::info!(
+            merger_cores = ?p.cores.mergers,
+            sink_cores = ?p.cores.sinks,
+            "The merger and sink threads are not pinned yet; the profile keeps these cores free \
+             of workers."
+        );
+        for advice in &verdict.advice {
+            tracing::warn!(profile = %p.name, "{advice}");
+        }
+    }
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
