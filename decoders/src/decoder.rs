@@ -1,11 +1,14 @@
 //! The entry point: one [`Decoder`] per worker, holding the template state of every exporter
-//! that worker has seen.
+//! that worker has seen, and the sequence state of every sFlow agent.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::template::{Accum, SamplerRef, Template, TemplateError, TemplateKind, TimeBase};
-use crate::{DecodeError, FlowFormat, FlowRecord, addr_to_bytes, ipfix, netflow_v5, netflow_v9};
+use crate::{
+    CounterRecord, DecodeError, FlowFormat, FlowRecord, addr_to_bytes, ipfix, netflow_v5,
+    netflow_v9, sflow,
+};
 
 /// Bounds on decoder memory. Every bound, when hit, is counted in [`DecodeStats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +53,10 @@ pub struct DatagramResult {
     pub sets_held: u32,
     /// Data sets dropped because their template is missing and they could not be held.
     pub sets_without_template: u32,
+    /// sFlow counter records decoded by this call (given to the counter callback of
+    /// [`Decoder::decode_with_counters`]; [`Decoder::decode`] drops them). Flow records are in
+    /// `records`.
+    pub counter_records: u32,
     /// The error that ended decoding of this datagram, if any. Records before it were emitted.
     pub error: Option<DecodeError>,
 }
@@ -84,6 +91,62 @@ pub struct DecodeStats {
     pub options_refused: u64,
 }
 
+/// Running totals of the sFlow part of one decoder. Monotonic, like [`DecodeStats`].
+///
+/// Kept apart from [`DecodeStats`] so that code building a `DecodeStats` field by field keeps
+/// compiling; the engine reads both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SflowStats {
+    /// sFlow datagrams whose header was valid.
+    pub datagrams: u64,
+    /// Flow samples decoded into a flow record.
+    pub flow_samples: u64,
+    /// Counter samples decoded into a counter record.
+    pub counter_samples: u64,
+    /// Samples of a format flowplane does not read (any enterprise), skipped by length.
+    pub unknown_samples: u64,
+    /// Flow or counter records of a format flowplane does not read, skipped by length.
+    pub unknown_records: u64,
+    /// Raw packet headers of a header protocol flowplane does not decode (the sample is still
+    /// a record, with its frame length and interfaces but no addresses).
+    pub unknown_header_protocols: u64,
+    /// Datagrams missing according to the sequence numbers of (exporter, agent, sub-agent):
+    /// the sum of every forward jump minus one.
+    pub sequence_gaps: u64,
+    /// Datagrams that arrived after a later one, or twice: a step back of at most
+    /// [`SFLOW_REORDER_WINDOW`] datagrams with an uptime at most [`SFLOW_REORDER_MS`] older.
+    /// Each was first counted in `sequence_gaps` (a duplicate was not), so
+    /// `sequence_gaps - sequence_late` is a lower bound of the loss.
+    pub sequence_late: u64,
+    /// Sequence numbers that went back further than that: the agent restarted (its uptime
+    /// went back too) or two agents share an identity. Tracking starts again from there, and
+    /// the agent's drop totals are forgotten.
+    pub sequence_resets: u64,
+    /// Datagrams of agents not tracked because `max_exporters` agents already are.
+    pub agents_untracked: u64,
+    /// Samples the agents themselves report lost for lack of resources: the increase of each
+    /// flow sample source's `drops` total.
+    pub samples_dropped: u64,
+    /// Flow samples whose source was not tracked for drops because [`SFLOW_MAX_SOURCES`]
+    /// sources already are.
+    pub sources_untracked: u64,
+}
+
+/// A small step back in an agent's datagram sequence is a late datagram, not a restart...
+pub const SFLOW_REORDER_WINDOW: u32 = 64;
+/// ... when its uptime is also at most this much older than the newest datagram's. A restarted
+/// agent starts again from sequence 1 and uptime 0, so a step back with a much older uptime is
+/// a restart even when the agent had sent fewer than [`SFLOW_REORDER_WINDOW`] datagrams.
+pub const SFLOW_REORDER_MS: u32 = 10_000;
+/// Flow sample sources tracked for drops, all agents together.
+///
+/// TODO(#3): move into [`DecoderLimits`] with the engine's configuration; a constant for now so
+/// that the limits struct, built field by field by the engine, does not change under it.
+pub const SFLOW_MAX_SOURCES: usize = 65_536;
+/// An sFlow agent silent this long is forgotten by [`Decoder::expire`] (its sequence restarts
+/// from whatever it sends next, without counting a gap).
+pub const SFLOW_AGENT_IDLE_MS: u64 = 15 * 60 * 1_000;
+
 /// Decoder state for many exporters: templates, option-announced sampling rates, held data.
 ///
 /// All state is keyed first by the exporter's socket address (address and UDP port), then by
@@ -99,6 +162,11 @@ pub struct Decoder {
     /// Field specifiers of the template being read; reused so that learning a template
     /// allocates only the template itself.
     scratch: Vec<crate::template::FieldSpec>,
+    sflow_stats: SflowStats,
+    /// Sequence and drop state per sFlow agent; at most `limits.max_exporters` entries.
+    sflow_agents: HashMap<SflowAgentKey, SflowAgentState>,
+    /// Flow sample sources tracked, all agents together; at most [`SFLOW_MAX_SOURCES`].
+    sflow_sources: usize,
 }
 
 impl Decoder {
@@ -111,6 +179,9 @@ impl Decoder {
             templates_total: 0,
             pending_bytes_total: 0,
             scratch: Vec::new(),
+            sflow_stats: SflowStats::default(),
+            sflow_agents: HashMap::new(),
+            sflow_sources: 0,
         }
     }
 
@@ -120,7 +191,9 @@ impl Decoder {
     }
 
     /// Decodes one datagram received from `exporter` at `now_ms` (Unix milliseconds) and calls
-    /// `emit` once per decoded record. Auto-detects NetFlow v5, v9 and IPFIX from the header.
+    /// `emit` once per decoded record. Auto-detects NetFlow v5, v9, IPFIX and sFlow v5 from the
+    /// header; sFlow counter samples are decoded and dropped (see
+    /// [`Decoder::decode_with_counters`]).
     ///
     /// Errors are returned in [`DatagramResult::error`] and counted in [`DecodeStats::errors`];
     /// records decoded before the error have been emitted.
@@ -129,7 +202,20 @@ impl Decoder {
         exporter: SocketAddr,
         now_ms: u64,
         datagram: &[u8],
+        emit: F,
+    ) -> DatagramResult {
+        self.decode_with_counters(exporter, now_ms, datagram, emit, |_| {})
+    }
+
+    /// [`Decoder::decode`], and `on_counter` once per sFlow counter sample that carries generic
+    /// or Ethernet interface counters.
+    pub fn decode_with_counters<F: FnMut(&FlowRecord), C: FnMut(&CounterRecord)>(
+        &mut self,
+        exporter: SocketAddr,
+        now_ms: u64,
+        datagram: &[u8],
         mut emit: F,
+        mut on_counter: C,
     ) -> DatagramResult {
         self.stats.datagrams += 1;
         let mut result = DatagramResult::default();
@@ -142,28 +228,41 @@ impl Decoder {
 
         let outcome = match sniff_version(datagram) {
             Err(e) => Err(e),
-            Ok(VERSION_V5) => {
+            Ok(Version::Sflow) => {
+                result.format = Some(FlowFormat::Sflow);
+                sflow::Packet::new_checked(datagram).and_then(|p| {
+                    self.sflow(
+                        &p,
+                        exporter,
+                        now_ms,
+                        &base,
+                        &mut result,
+                        &mut emit,
+                        &mut on_counter,
+                    )
+                })
+            }
+            Ok(Version::Netflow(VERSION_V5)) => {
                 result.format = Some(FlowFormat::NetflowV5);
                 netflow_v5::Packet::new_checked(datagram).map(|p| {
                     result.records += netflow_v5::parse(&p, &base, &mut emit);
                 })
             }
-            Ok(VERSION_V9) => {
+            Ok(Version::Netflow(VERSION_V9)) => {
                 result.format = Some(FlowFormat::NetflowV9);
                 netflow_v9::Packet::new_checked(datagram).and_then(|p| {
                     let mut cx = Cx::new(self, exporter, now_ms, &mut result, &mut emit);
                     netflow_v9::parse(&p, &base, &mut cx)
                 })
             }
-            Ok(VERSION_IPFIX) => {
+            Ok(Version::Netflow(VERSION_IPFIX)) => {
                 result.format = Some(FlowFormat::Ipfix);
                 ipfix::Packet::new_checked(datagram).and_then(|p| {
                     let mut cx = Cx::new(self, exporter, now_ms, &mut result, &mut emit);
                     ipfix::parse(&p, &base, &mut cx)
                 })
             }
-            // sFlow (issue 3) and anything else.
-            Ok(_) => Err(DecodeError::BadVersion),
+            Ok(Version::Netflow(_)) => Err(DecodeError::BadVersion),
         };
 
         self.stats.records += u64::from(result.records);
@@ -193,6 +292,118 @@ impl Decoder {
         // Known gap: exporters that went silent keep their templates until restart; an idle
         // timeout would free their slot under `max_exporters`.
         self.exporters.retain(|_, s| !s.is_empty());
+
+        let sources = &mut self.sflow_sources;
+        self.sflow_agents.retain(|_, a| {
+            let keep = now_ms.saturating_sub(a.last_seen_ms) <= SFLOW_AGENT_IDLE_MS;
+            if !keep {
+                *sources -= a.drops.len();
+            }
+            keep
+        });
+    }
+
+    /// Running totals of the sFlow part.
+    pub fn sflow_stats(&self) -> &SflowStats {
+        &self.sflow_stats
+    }
+
+    /// sFlow agents (exporter, agent address, sub-agent) whose sequence is tracked.
+    pub fn sflow_agents(&self) -> usize {
+        self.sflow_agents.len()
+    }
+
+    /// Decodes a checked sFlow datagram: sequence accounting, then the samples.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    fn sflow<F: FnMut(&FlowRecord), C: FnMut(&CounterRecord)>(
+        &mut self,
+        p: &sflow::Packet<&[u8]>,
+        exporter: SocketAddr,
+        now_ms: u64,
+        base: &FlowRecord,
+        result: &mut DatagramResult,
+        emit: &mut F,
+        on_counter: &mut C,
+    ) -> Result<(), DecodeError> {
+        self.sflow_stats.datagrams += 1;
+        // The UDP source and the agent address differ behind NAT and on multi-homed agents;
+        // both are part of the key so that two agents behind one address, or one agent seen
+        // through two addresses, never mix their sequences. The port is left out: an agent
+        // that restarts may send from another port, and its sequence restarts with it.
+        let key = SflowAgentKey {
+            exporter: exporter.ip(),
+            agent: addr_to_bytes(p.agent_address()),
+            sub_agent: p.sub_agent_id(),
+        };
+        let tracked = self.sflow_sequence(key, p.sequence_number(), p.uptime(), now_ms);
+
+        let mut sink = SflowSink {
+            agent: if tracked {
+                self.sflow_agents.get_mut(&key)
+            } else {
+                None
+            },
+            sources: &mut self.sflow_sources,
+            stats: &mut self.sflow_stats,
+            result,
+            emit,
+            on_counter,
+        };
+        let mut tally = sflow::Tally::default();
+        let out = sflow::parse(p, base, now_ms, &mut tally, &mut sink);
+
+        let s = &mut self.sflow_stats;
+        s.flow_samples += u64::from(tally.flow_samples);
+        s.counter_samples += u64::from(tally.counter_samples);
+        s.unknown_samples += u64::from(tally.unknown_samples);
+        s.unknown_records += u64::from(tally.unknown_records);
+        s.unknown_header_protocols += u64::from(tally.unknown_header_protocols);
+        out
+    }
+
+    /// Accounts one datagram sequence number; returns whether the agent is tracked.
+    fn sflow_sequence(&mut self, key: SflowAgentKey, seq: u32, uptime: u32, now_ms: u64) -> bool {
+        let full = self.sflow_agents.len() >= self.limits.max_exporters;
+        let s = &mut self.sflow_stats;
+        let Some(agent) = self.sflow_agents.get_mut(&key) else {
+            if full {
+                s.agents_untracked += 1;
+                return false;
+            }
+            self.sflow_agents.insert(
+                key,
+                SflowAgentState {
+                    last_seq: seq,
+                    last_uptime: uptime,
+                    last_seen_ms: now_ms,
+                    drops: HashMap::new(),
+                },
+            );
+            return true;
+        };
+        agent.last_seen_ms = now_ms;
+
+        // Serial-number arithmetic on the 32-bit sequence: a step forward of less than half
+        // the space is progress, anything else is a step back.
+        let ahead = seq.wrapping_sub(agent.last_seq);
+        let behind = agent.last_seq.wrapping_sub(seq);
+        // The uptime wraps every ~49.7 days like NetFlow's; the wrapping difference is the age.
+        let older_ms = agent.last_uptime.wrapping_sub(uptime);
+        if ahead != 0 && ahead < 0x8000_0000 {
+            s.sequence_gaps += u64::from(ahead - 1);
+            agent.last_seq = seq;
+            agent.last_uptime = uptime;
+        } else if behind <= SFLOW_REORDER_WINDOW && older_ms <= SFLOW_REORDER_MS {
+            s.sequence_late += 1;
+        } else {
+            s.sequence_resets += 1;
+            agent.last_seq = seq;
+            agent.last_uptime = uptime;
+            // A restarted agent restarts its drop totals too.
+            self.sflow_sources -= agent.drops.len();
+            agent.drops.clear();
+        }
+        true
     }
 
     /// Running totals.
@@ -213,6 +424,70 @@ impl Decoder {
     /// Data sets currently held waiting for their template.
     pub fn pending_sets(&self) -> usize {
         self.exporters.values().map(|s| s.pending.len()).sum()
+    }
+}
+
+/// Identifies an sFlow agent for sequence accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SflowAgentKey {
+    exporter: IpAddr,
+    agent: [u8; 16],
+    sub_agent: u32,
+}
+
+/// Sequence and drop state of one sFlow agent.
+#[derive(Debug)]
+struct SflowAgentState {
+    last_seq: u32,
+    /// Uptime of the datagram that set `last_seq`.
+    last_uptime: u32,
+    last_seen_ms: u64,
+    /// Last `drops` total per flow sample source (`type << 32 | index`).
+    drops: HashMap<u64, u32>,
+}
+
+/// Where the sFlow parser's results go: the caller's callbacks and the agent's drop state.
+struct SflowSink<'a, F, C> {
+    agent: Option<&'a mut SflowAgentState>,
+    sources: &'a mut usize,
+    stats: &'a mut SflowStats,
+    result: &'a mut DatagramResult,
+    emit: &'a mut F,
+    on_counter: &'a mut C,
+}
+
+impl<F: FnMut(&FlowRecord), C: FnMut(&CounterRecord)> sflow::Sink for SflowSink<'_, F, C> {
+    fn flow(&mut self, rec: &FlowRecord) {
+        (self.emit)(rec);
+        self.result.records += 1;
+    }
+
+    fn counter(&mut self, rec: &CounterRecord) {
+        (self.on_counter)(rec);
+        self.result.counter_records += 1;
+    }
+
+    fn drops(&mut self, source: u64, drops: u32) {
+        let Some(agent) = self.agent.as_deref_mut() else {
+            return;
+        };
+        match agent.drops.get_mut(&source) {
+            // `drops` is a running total per source: the increase is what was lost since the
+            // last sample. A decrease means the source restarted its count.
+            Some(last) => {
+                let up = drops.wrapping_sub(*last);
+                if up < 0x8000_0000 {
+                    self.stats.samples_dropped += u64::from(up);
+                }
+                *last = drops;
+            }
+            None if *self.sources < SFLOW_MAX_SOURCES => {
+                // The first total seen is a baseline: what it counts happened before.
+                agent.drops.insert(source, drops);
+                *self.sources += 1;
+            }
+            None => self.stats.sources_untracked += 1,
+        }
     }
 }
 
@@ -624,6 +899,15 @@ fn exporter_state<'m>(
     Some(exporters.entry(addr).or_default())
 }
 
+/// What the first bytes of a datagram say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// The 16-bit version of NetFlow v5, v9 and IPFIX (or an unknown one).
+    Netflow(u16),
+    /// sFlow v5: the 32-bit version `00 00 00 05`.
+    Sflow,
+}
+
 /// NetFlow v5: the 16-bit version field at offset 0.
 const VERSION_V5: u16 = 0x0005;
 /// NetFlow v9 (RFC 3954 § 5.1).
@@ -631,14 +915,16 @@ const VERSION_V9: u16 = 0x0009;
 /// IPFIX (RFC 7011 § 3.1).
 const VERSION_IPFIX: u16 = 0x000a;
 
-/// Reads the 16-bit version that NetFlow v5, v9 and IPFIX all put at offset 0.
+/// Reads the 16-bit version that NetFlow v5, v9 and IPFIX all put at offset 0, or recognises
+/// sFlow v5's 32-bit version there (`00 00 00 05`).
 ///
-/// sFlow v5 puts a 32-bit version there instead (`00 00 00 05`), so its 16-bit reading is 0 and
-/// it can never be taken for NetFlow v5 (`00 05`); until the sFlow decoder lands (issue 3) it is
-/// refused here as [`DecodeError::BadVersion`].
-fn sniff_version(datagram: &[u8]) -> Result<u16, DecodeError> {
+/// sFlow's 16-bit reading is 0, so it can never be taken for NetFlow v5 (`00 05`). sFlow
+/// versions 2 and 4 (`00 00 00 02`, `00 00 00 04`) are refused as
+/// [`DecodeError::BadVersion`], as is any other version.
+fn sniff_version(datagram: &[u8]) -> Result<Version, DecodeError> {
     match datagram {
-        [a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+        [0, 0, 0, 5, ..] => Ok(Version::Sflow),
+        [a, b, ..] => Ok(Version::Netflow(u16::from_be_bytes([*a, *b]))),
         _ => Err(DecodeError::Truncated),
     }
 }
@@ -654,12 +940,22 @@ mod tests {
     #[test]
     fn sflow_is_not_taken_for_netflow_v5() {
         let mut d = Decoder::new(DecoderLimits::default());
-        // sFlow v5: 32-bit version 5, then an IPv4 agent address.
+        // sFlow v5: 32-bit version 5, then an IPv4 agent address, and a header cut short.
         let sflow = [0, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 1];
         let r = d.decode(exporter(), 0, &sflow, |_| panic!("no record expected"));
-        assert_eq!(r.error, Some(DecodeError::BadVersion));
-        assert_eq!(r.format, None);
-        assert_eq!(d.stats().errors[DecodeError::BadVersion.index()], 1);
+        assert_eq!(r.error, Some(DecodeError::Truncated));
+        assert_eq!(r.format, Some(FlowFormat::Sflow));
+        assert_eq!(d.stats().errors[DecodeError::Truncated.index()], 1);
+        // The whole header, no samples: a valid, empty datagram.
+        let mut whole = sflow.to_vec();
+        whole.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 0]);
+        let r = d.decode(exporter(), 0, &whole, |_| panic!("no record expected"));
+        assert_eq!((r.format, r.error), (Some(FlowFormat::Sflow), None));
+        // sFlow v4 and a 16-bit version 0 are not sFlow v5.
+        let mut v4 = whole.clone();
+        v4[3] = 4;
+        let r = d.decode(exporter(), 0, &v4, |_| {});
+        assert_eq!((r.format, r.error), (None, Some(DecodeError::BadVersion)));
     }
 
     #[test]
@@ -915,6 +1211,163 @@ mod tests {
         assert_eq!(r.sets_held, 1);
     }
 
+    mod sflow_state {
+        use super::*;
+        use crate::testutil::sflow::{
+            counter_sample, datagram, eth, ethernet_counters, flow_sample, generic_counters,
+            ipv4_pkt, raw_header, udp,
+        };
+
+        const AGENT: [u8; 4] = [10, 9, 9, 9];
+
+        fn sample(drops: u32) -> Vec<u8> {
+            let frame = eth(
+                &[],
+                0x0800,
+                &ipv4_pkt(17, [1; 4], [2; 4], 0, 0, 0, &udp(1, 2)),
+            );
+            flow_sample(1, 5, 100, 0, drops, 1, 2, &[raw_header(1, 64, &frame)])
+        }
+
+        fn dg(sub: u32, seq: u32) -> Vec<u8> {
+            datagram(&AGENT, sub, seq, &[sample(0)])
+        }
+
+        /// The datagram as sent by an agent that has just restarted (uptime 1 s).
+        fn restarted(mut dg: Vec<u8>) -> Vec<u8> {
+            dg[20..24].copy_from_slice(&1_000u32.to_be_bytes());
+            dg
+        }
+
+        #[test]
+        fn decode_and_decode_with_counters_agree_on_flows() {
+            let cs = counter_sample(true, 1, (0, 5), &[generic_counters(5), ethernet_counters()]);
+            let both = datagram(&AGENT, 0, 1, &[sample(0), cs]);
+            let mut d = Decoder::new(DecoderLimits::default());
+            let (r, flows) = run(&mut d, from(6343), 5, &both);
+            assert_eq!(
+                (r.format, r.records, r.counter_records, r.error),
+                (Some(FlowFormat::Sflow), 1, 1, None)
+            );
+            assert_eq!(flows[0].sampling_rate, 100);
+
+            let mut d = Decoder::new(DecoderLimits::default());
+            let (mut f, mut c) = (Vec::new(), Vec::new());
+            let r = d.decode_with_counters(from(6343), 5, &both, |x| f.push(*x), |x| c.push(*x));
+            assert_eq!((r.records, r.counter_records), (1, 1));
+            assert_eq!((f, c[0].if_index, c[0].time_ms), (flows, 5, 5));
+            let st = d.sflow_stats();
+            assert_eq!(
+                (st.datagrams, st.flow_samples, st.counter_samples),
+                (1, 1, 1)
+            );
+            assert_eq!(d.stats().records, 1);
+        }
+
+        #[test]
+        fn counts_sequence_gaps_late_datagrams_and_resets() {
+            let mut d = Decoder::new(DecoderLimits::default());
+            for seq in [10, 11, 14, 13, 15] {
+                run(&mut d, from(1), 0, &dg(0, seq));
+            }
+            let s = *d.sflow_stats();
+            // 12 and 13 missing after 11; 13 then arrives late.
+            assert_eq!(
+                (s.sequence_gaps, s.sequence_late, s.sequence_resets),
+                (2, 1, 0)
+            );
+            // A duplicate is late, not a gap.
+            run(&mut d, from(1), 0, &dg(0, 15));
+            // The agent restarts at 1, its uptime back to 1 s.
+            run(&mut d, from(1), 0, &restarted(dg(0, 1)));
+            run(&mut d, from(1), 0, &restarted(dg(0, 2)));
+            let s = *d.sflow_stats();
+            assert_eq!(
+                (s.sequence_gaps, s.sequence_late, s.sequence_resets),
+                (2, 2, 1)
+            );
+            // A big step back is a reset whatever the uptime says.
+            run(&mut d, from(1), 0, &dg(0, 5_000));
+            run(&mut d, from(1), 0, &dg(0, 5_000 - SFLOW_REORDER_WINDOW - 1));
+            assert_eq!(d.sflow_stats().sequence_resets, 2);
+            // Wrapping from 2^32 - 1 to 0 is progress.
+            let mut d = Decoder::new(DecoderLimits::default());
+            run(&mut d, from(1), 0, &dg(0, u32::MAX));
+            run(&mut d, from(1), 0, &dg(0, 1));
+            assert_eq!(d.sflow_stats().sequence_gaps, 1);
+        }
+
+        #[test]
+        fn keys_sequences_by_exporter_agent_and_sub_agent() {
+            let mut d = Decoder::new(DecoderLimits::default());
+            run(&mut d, from(1), 0, &dg(0, 100));
+            // Other sub-agent, other exporter address, other agent address: separate sequences.
+            run(&mut d, from(1), 0, &dg(1, 5));
+            let other: SocketAddr = "198.51.100.1:1".parse().unwrap();
+            run(&mut d, other, 0, &dg(0, 50));
+            run(&mut d, from(1), 0, &datagram(&[10, 9, 9, 8], 0, 7, &[]));
+            // Same exporter address from another port: the same agent.
+            run(&mut d, from(2), 0, &dg(0, 101));
+            assert_eq!(d.sflow_agents(), 4);
+            let s = d.sflow_stats();
+            assert_eq!((s.sequence_gaps, s.sequence_resets), (0, 0));
+        }
+
+        #[test]
+        fn bounds_tracked_agents() {
+            let mut d = Decoder::new(DecoderLimits {
+                max_exporters: 2,
+                ..DecoderLimits::default()
+            });
+            for sub in 0..4 {
+                let (r, _) = run(&mut d, from(1), 0, &dg(sub, 1));
+                // Untracked agents are still decoded.
+                assert_eq!(r.records, 1);
+            }
+            assert_eq!((d.sflow_agents(), d.sflow_stats().agents_untracked), (2, 2));
+            d.expire(SFLOW_AGENT_IDLE_MS);
+            assert_eq!(d.sflow_agents(), 2);
+            d.expire(SFLOW_AGENT_IDLE_MS + 1);
+            assert_eq!(d.sflow_agents(), 0);
+            run(&mut d, from(1), 0, &dg(3, 1));
+            assert_eq!(d.sflow_agents(), 1);
+        }
+
+        #[test]
+        fn counts_samples_the_agent_dropped() {
+            let mut d = Decoder::new(DecoderLimits::default());
+            let with = |seq, drops: &[u32]| {
+                let samples: Vec<Vec<u8>> = drops.iter().map(|x| sample(*x)).collect();
+                datagram(&AGENT, 0, seq, &samples)
+            };
+            // The first total is a baseline; then +3, +0, +2 within one datagram.
+            run(&mut d, from(1), 0, &with(1, &[100]));
+            run(&mut d, from(1), 0, &with(2, &[103, 103, 105]));
+            assert_eq!(d.sflow_stats().samples_dropped, 5);
+            // A total that goes back is a restarted count, not a loss.
+            run(&mut d, from(1), 0, &with(3, &[1, 4]));
+            assert_eq!(d.sflow_stats().samples_dropped, 8);
+            // An agent restart forgets the totals.
+            run(&mut d, from(1), 0, &restarted(with(1, &[50])));
+            assert_eq!(d.sflow_stats().samples_dropped, 8);
+        }
+
+        #[test]
+        fn every_truncation_is_counted_and_never_panics() {
+            let cs = counter_sample(false, 1, (0, 5), &[generic_counters(5)]);
+            let full = datagram(&AGENT, 0, 1, &[sample(0), cs, sample(0)]);
+            let mut d = Decoder::new(DecoderLimits::default());
+            for n in 0..full.len() {
+                let (mut f, mut c) = (0u32, 0u32);
+                let r = d.decode_with_counters(from(1), 0, &full[..n], |_| f += 1, |_| c += 1);
+                assert!(r.error.is_some() || f + c < 3, "cut at {n}");
+                assert_eq!((r.records, r.counter_records), (f, c));
+            }
+            let errors: u64 = d.stats().errors.iter().sum();
+            assert_eq!(errors, full.len() as u64);
+        }
+    }
+
     mod prop {
         use proptest::prelude::*;
 
@@ -964,7 +1417,48 @@ mod tests {
                     &[ipfix_d.clone(), ipfix_t, ipfix_ot, ipfix_od, ipfix_d],
                 ),
                 ipfix(7, 1_000, &[set(2, &[0, 2, 0, 0]), set(3, &[0, 3, 0, 0])]),
+                sflow_seed(),
             ]
+        }
+
+        /// An sFlow datagram touching every path: a flow sample with a tagged TCP header and
+        /// the extended records, an expanded one with an MPLS/IPv6 header, a counter sample,
+        /// and an unknown sample.
+        fn sflow_seed() -> Vec<u8> {
+            use crate::testutil::sflow::*;
+            let v4 = ipv4_pkt(6, [10, 0, 0, 1], [10, 0, 0, 2], 0, 0, 0, &tcp(1, 2, 0x12));
+            let frame = eth(&[(0x88a8, 1), (0x8100, 2)], 0x0800, &v4);
+            let mut gw = words(&[1, 0x0a00_00fe, 1, 2, 3, 1, 2, 2, 4, 5, 1, 9, 0]);
+            gw.extend_from_slice(&words(&[]));
+            let fs = flow_sample(
+                1,
+                3,
+                64,
+                1_000,
+                0,
+                3,
+                0x4000_0001,
+                &[
+                    entry(1001, &words(&[10, 0, 20, 0])),
+                    raw_header(1, 1518, &frame),
+                    entry(1002, &words(&[1, 0x0a00_00fe, 24, 16])),
+                    entry(1003, &gw),
+                ],
+            );
+            let v6 = ipv6_pkt(17, [1; 16], [2; 16], 0, &udp(3, 4));
+            let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
+            mpls.extend_from_slice(&v6);
+            let xfs = flow_sample_expanded(
+                2,
+                (0, 3),
+                64,
+                (0, 3),
+                (2, 2),
+                &[raw_header(1, 90, &eth(&[], 0x8847, &mpls))],
+            );
+            let cs = counter_sample(true, 3, (0, 3), &[generic_counters(3), ethernet_counters()]);
+            let unknown = entry(4_413 << 12 | 7, &[0; 8]);
+            datagram(&[192, 0, 2, 1], 0, 1, &[fs, xfs, cs, unknown])
         }
 
         #[test]
@@ -975,11 +1469,19 @@ mod tests {
                 .iter()
                 .map(|dg| {
                     let r = d.decode(from, 0, dg, |_| {});
-                    (r.records, r.error)
+                    (r.records + r.counter_records, r.error)
                 })
                 .collect();
-            assert_eq!(got, vec![(2, None), (4, None), (2, None), (0, None)]);
+            assert_eq!(
+                got,
+                vec![(2, None), (4, None), (2, None), (0, None), (3, None)]
+            );
             assert_eq!(d.stats().templates_withdrawn, 2);
+            let s = d.sflow_stats();
+            assert_eq!(
+                (s.flow_samples, s.counter_samples, s.unknown_samples),
+                (2, 1, 1)
+            );
         }
 
         #[derive(Clone, Debug)]
@@ -994,6 +1496,12 @@ mod tests {
                 version: u16,
                 body: Vec<u8>,
                 fix_len: bool,
+            },
+            /// An sFlow v5 header (IPv4 or IPv6 agent) followed by random words, most of them
+            /// small so that counts, lengths and formats are often plausible.
+            Sflow {
+                v6: bool,
+                words: Vec<u32>,
             },
         }
 
@@ -1020,6 +1528,14 @@ mod tests {
                         body,
                         fix_len
                     }),
+                (
+                    any::<bool>(),
+                    proptest::collection::vec(
+                        prop_oneof![0u32..5, Just(1001u32), Just(1003), 0u32..200, any::<u32>()],
+                        0..80
+                    )
+                )
+                    .prop_map(|(v6, words)| Input::Sflow { v6, words }),
             ]
         }
 
@@ -1051,6 +1567,11 @@ mod tests {
                     }
                     b
                 }
+                Input::Sflow { v6, words } => {
+                    let mut b = vec![0, 0, 0, 5, 0, 0, 0, if *v6 { 2 } else { 1 }];
+                    b.extend(words.iter().flat_map(|w| w.to_be_bytes()));
+                    b
+                }
             }
         }
 
@@ -1079,14 +1600,28 @@ mod tests {
                     let from = SocketAddr::new("192.0.2.1".parse().unwrap(), 1000 + u16::from(*exp));
                     now += step;
                     let pending_before = d.pending_bytes() as u64;
-                    let mut emitted = 0u64;
-                    let r = d.decode(from, now, &dg, |rec| {
+                    let (mut emitted, mut counters) = (0u64, 0u64);
+                    let r = d.decode_with_counters(from, now, &dg, |rec| {
                         emitted += 1;
                         assert_eq!(rec.exporter_port, from.port());
                         assert!(rec.sampling_rate >= 1);
                         assert!(matches!(rec.ip_version, 0 | 4 | 6));
+                        assert!(rec.truncated <= 1);
+                        assert_eq!(rec._pad, [0; 4]);
+                    }, |c| {
+                        counters += 1;
+                        assert_eq!(c.exporter_port, from.port());
+                        assert!(c.has_generic == 1 || c.has_ethernet == 1);
                     });
                     prop_assert_eq!(u64::from(r.records), emitted);
+                    prop_assert_eq!(u64::from(r.counter_records), counters);
+                    if r.format == Some(FlowFormat::Sflow) {
+                        // Every sample takes 8 bytes at least, after a 28-byte header.
+                        let n = emitted + counters;
+                        prop_assert!(n == 0 || n * 8 + 28 <= dg.len() as u64);
+                    } else {
+                        prop_assert_eq!(counters, 0);
+                    }
                     // Every record consumes at least one byte of this datagram or of held data.
                     prop_assert!(emitted <= dg.len() as u64 + pending_before);
                     if r.format == Some(FlowFormat::NetflowV5) {

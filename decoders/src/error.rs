@@ -21,19 +21,30 @@ pub enum DecodeError {
     BadTemplate,
     /// The datagram is shorter than the fixed header of its format.
     Truncated,
-    /// A record is shorter than its template says (variable-length field running past the set).
+    /// A record is shorter than its template says (variable-length field running past the set),
+    /// or an sFlow record is shorter than the fixed layout of its format.
     TruncatedRecord,
+    /// An sFlow address (agent, next hop) has a type other than IPv4 (1) or IPv6 (2).
+    BadAddressType,
+    /// An sFlow sample or record declares a length past the end of its container, or a length
+    /// that is not a multiple of 4 where XDR requires it; or a sampled header declares more
+    /// bytes than its record holds.
+    BadSampleLength,
 }
 
 impl DecodeError {
     /// Every variant, for pre-registering counters.
-    pub const ALL: [Self; 6] = [
+    ///
+    /// Variants added later take the next index, so existing counter slots keep their meaning.
+    pub const ALL: [Self; 8] = [
         Self::BadCount,
         Self::BadVersion,
         Self::BadSetLength,
         Self::BadTemplate,
         Self::Truncated,
         Self::TruncatedRecord,
+        Self::BadAddressType,
+        Self::BadSampleLength,
     ];
 
     /// A fixed lowercase label for metrics and logs.
@@ -45,6 +56,8 @@ impl DecodeError {
             Self::BadTemplate => "bad_template",
             Self::Truncated => "truncated",
             Self::TruncatedRecord => "truncated_record",
+            Self::BadAddressType => "bad_address_type",
+            Self::BadSampleLength => "bad_sample_length",
         }
     }
 
@@ -57,6 +70,8 @@ impl DecodeError {
             Self::BadTemplate => 3,
             Self::Truncated => 4,
             Self::TruncatedRecord => 5,
+            Self::BadAddressType => 6,
+            Self::BadSampleLength => 7,
         }
     }
 }
@@ -68,3 +83,20 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_and_reason_are_consistent() {
+        for (i, e) in DecodeError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i, "{e:?}");
+            assert_eq!(e.to_string(), e.reason());
+        }
+        let mut reasons: Vec<_> = DecodeError::ALL.iter().map(|e| e.reason()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), DecodeError::ALL.len());
+    }
+}

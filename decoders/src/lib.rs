@@ -1,7 +1,7 @@
 //! Sans-IO decoders for flow export protocols: NetFlow v5, NetFlow v9 (RFC 3954), IPFIX
-//! (RFC 7011) and, later, sFlow v5.
+//! (RFC 7011) and sFlow v5.
 //!
-//! Bytes go in, [`FlowRecord`]s come out. The crate does no I/O, reads no clock (the caller
+//! Bytes go in, [`FlowRecord`]s (and, for sFlow counter samples, [`CounterRecord`]s) come out. The crate does no I/O, reads no clock (the caller
 //! passes `now_ms`), does no logging and contains no `unsafe`.
 //!
 //! # The guarantee
@@ -20,16 +20,17 @@
 //! # Layout
 //!
 //! Each format module follows the same two levels. A *view* ([`netflow_v5::Packet`],
-//! [`netflow_v9::Packet`], [`ipfix::Packet`], [`template::SetHeader`]) wraps the bytes without
+//! [`netflow_v9::Packet`], [`ipfix::Packet`], [`sflow::Packet`], [`template::SetHeader`]) wraps
+//! the bytes without
 //! copying; `new_checked` runs `check_len`, after which no accessor can panic, and `mod field`
 //! holds the byte ranges. The *parse* walks the view and fills [`FlowRecord`]s. What NetFlow v9
 //! and IPFIX share (set framing, field specifiers, the Information Element mapping, learned
 //! templates) lives in [`template`]; the per-exporter state (template cache, option-announced
 //! sampling, held data) lives in [`Decoder`].
 //!
-//! The format is recognised by the 16-bit version at offset 0: 5, 9 or 10. sFlow v5 starts with
-//! a 32-bit version (`00 00 00 05`); it is refused as [`DecodeError::BadVersion`] until its
-//! decoder lands, and can never be mistaken for NetFlow v5 (`00 05`).
+//! The format is recognised by the 32-bit version `00 00 00 05` (sFlow v5), else by the 16-bit
+//! version at offset 0: 5, 9 or 10. sFlow can never be mistaken for NetFlow v5 (`00 05`). sFlow
+//! keeps per-agent sequence state in [`Decoder`] too, bounded like the rest.
 //!
 //! # Fuzzing
 //!
@@ -45,16 +46,22 @@ pub mod ipfix;
 pub mod netflow_v5;
 pub mod netflow_v9;
 mod record;
+pub mod sflow;
 pub mod template;
 #[cfg(test)]
 mod testutil;
 
-pub use decoder::{DatagramResult, DecodeStats, Decoder, DecoderLimits};
+pub use decoder::{
+    DatagramResult, DecodeStats, Decoder, DecoderLimits, SFLOW_AGENT_IDLE_MS, SFLOW_MAX_SOURCES,
+    SFLOW_REORDER_MS, SFLOW_REORDER_WINDOW, SflowStats,
+};
 pub use error::DecodeError;
 pub use ipfix::Packet as IpfixPacket;
 pub use netflow_v5::Packet as NetflowV5Packet;
 pub use netflow_v9::Packet as NetflowV9Packet;
 pub use record::{
-    FlowFormat, FlowRecord, V4_UNSPECIFIED, addr_to_bytes, bytes_to_addr, v4_to_bytes,
+    CounterRecord, FlowFormat, FlowRecord, IF_FORMAT_DISCARDED, IF_FORMAT_IFINDEX,
+    IF_FORMAT_MULTIPLE, V4_UNSPECIFIED, addr_to_bytes, bytes_to_addr, v4_to_bytes,
 };
+pub use sflow::Packet as SflowPacket;
 pub use template::{SetHeader, Sets, Template, TemplateKind};

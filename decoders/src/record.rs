@@ -91,9 +91,11 @@ pub struct FlowRecord {
     /// Observation domain (IPFIX), source id (v9), engine type/id (v5: `type << 8 | id`),
     /// or sub-agent id (sFlow).
     pub domain_id: u32,
-    /// Input interface index (ifIndex).
+    /// Input interface index (ifIndex). For sFlow, read it with [`FlowRecord::input_if_format`]:
+    /// the value is a discard reason or an interface count when the format says so.
     pub input_if: u32,
-    /// Output interface index (ifIndex).
+    /// Output interface index (ifIndex). For sFlow, read it with
+    /// [`FlowRecord::output_if_format`].
     pub output_if: u32,
     /// Source BGP AS number (0 when not exported).
     pub src_as: u32,
@@ -115,12 +117,47 @@ pub struct FlowRecord {
     pub ip_version: u8,
     /// [`FlowFormat`] as its `u8` value.
     pub format: u8,
+    /// How to read `input_if` (sFlow; 0 for every other format): 0 = ifIndex
+    /// ([`IF_FORMAT_IFINDEX`]), 1 = the packet was discarded and the value is the reason code
+    /// ([`IF_FORMAT_DISCARDED`]), 2 = several interfaces and the value is their count, 0 when
+    /// unknown ([`IF_FORMAT_MULTIPLE`]). Values above 2 are kept as sent (255 when the
+    /// expanded form's 32-bit format does not fit a byte).
+    pub input_if_format: u8,
+    /// How to read `output_if`; same codes as `input_if_format`.
+    pub output_if_format: u8,
+    /// Source prefix length (sFlow extended router; 0 when not exported).
+    pub src_mask: u8,
+    /// Destination prefix length (sFlow extended router; 0 when not exported).
+    pub dst_mask: u8,
+    /// 1 when a sampled packet header ended (snap length) before a field the decoder looks for
+    /// (addresses, ports, TCP flags, ICMP type/code): those fields read 0 because they are
+    /// missing, not because they were 0. Always 0 for NetFlow and IPFIX.
+    pub truncated: u8,
+    /// Source / ingress 802.1Q VLAN id (sFlow extended switch, else the outermost tag of the
+    /// sampled header; 0 when unknown).
+    pub src_vlan: u16,
+    /// Destination / egress 802.1Q VLAN id (sFlow extended switch; 0 when unknown).
+    pub dst_vlan: u16,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 13],
+    pub _pad: [u8; 4],
 }
+
+/// [`FlowRecord::input_if_format`] / `output_if_format`: the value is an ifIndex. The value
+/// `0x3fff_ffff` means the packet came from (input) or went to (output) the device itself.
+pub const IF_FORMAT_IFINDEX: u8 = 0;
+/// [`FlowRecord::input_if_format`] / `output_if_format`: the packet was discarded; the value is
+/// the reason code.
+pub const IF_FORMAT_DISCARDED: u8 = 1;
+/// [`FlowRecord::input_if_format`] / `output_if_format`: several interfaces; the value is their
+/// count (0 = unknown).
+pub const IF_FORMAT_MULTIPLE: u8 = 2;
 
 const _: () = assert!(std::mem::size_of::<FlowRecord>() == 128);
 const _: () = assert!(std::mem::align_of::<FlowRecord>() == 8);
+// The fields carved out of the padding sit where the padding was: nothing before them moved.
+const _: () = assert!(std::mem::offset_of!(FlowRecord, input_if_format) == 115);
+const _: () = assert!(std::mem::offset_of!(FlowRecord, src_vlan) == 120);
+const _: () = assert!(std::mem::offset_of!(FlowRecord, _pad) == 124);
 
 /// Stores an address in the 16-byte form records use.
 pub fn addr_to_bytes(addr: IpAddr) -> [u8; 16] {
@@ -178,4 +215,123 @@ const fn v4_const(o: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
     ]
+}
+
+/// One interface's counters from an sFlow counter sample (generic interface counters, format 1,
+/// and Ethernet interface counters, format 2, of sFlow version 5 § "Counter Data").
+///
+/// Values are the agent's running totals as sent (SNMP counters: they wrap and reset); rates
+/// are the consumer's business. Fields of a counter record the sample did not carry are 0,
+/// and [`CounterRecord::has_generic`] / [`CounterRecord::has_ethernet`] say which were present.
+///
+/// # Warning
+///
+/// This is a fixed layout. Changing the order or type of any field changes its size and the
+/// offsets every consumer relies on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct CounterRecord {
+    /// Agent address from the datagram header (IPv4-mapped for IPv4).
+    pub agent: [u8; 16],
+    /// Address the datagram came from (IPv4-mapped for IPv4).
+    pub exporter: [u8; 16],
+    /// ifSpeed, bits per second.
+    pub if_speed: u64,
+    /// ifInOctets (64-bit).
+    pub in_octets: u64,
+    /// ifOutOctets (64-bit).
+    pub out_octets: u64,
+    /// Arrival time of the datagram, Unix milliseconds (`now_ms` given to the decoder).
+    pub time_ms: u64,
+    /// Sub-agent id from the datagram header.
+    pub sub_agent_id: u32,
+    /// Agent uptime from the datagram header, milliseconds.
+    pub uptime_ms: u32,
+    /// Sequence number of the counter sample (per source).
+    pub sample_sequence: u32,
+    /// Data source type (0 = ifIndex, 1 = smonVlanDataSource, 2 = entPhysicalEntry).
+    pub source_id_type: u32,
+    /// Data source index (an ifIndex when the type is 0).
+    pub source_id_index: u32,
+    /// ifIndex (from the generic record; the source index when only Ethernet counters came).
+    pub if_index: u32,
+    /// ifType (IANAifType; 6 = ethernetCsmacd).
+    pub if_type: u32,
+    /// 0 = unknown, 1 = full-duplex, 2 = half-duplex, 3 = in, 4 = out.
+    pub if_direction: u32,
+    /// Bit 0 = ifAdminStatus up, bit 1 = ifOperStatus up.
+    pub if_status: u32,
+    /// ifInUcastPkts.
+    pub in_unicast_pkts: u32,
+    /// ifInMulticastPkts.
+    pub in_multicast_pkts: u32,
+    /// ifInBroadcastPkts.
+    pub in_broadcast_pkts: u32,
+    /// ifInDiscards.
+    pub in_discards: u32,
+    /// ifInErrors.
+    pub in_errors: u32,
+    /// ifInUnknownProtos.
+    pub in_unknown_protos: u32,
+    /// ifOutUcastPkts.
+    pub out_unicast_pkts: u32,
+    /// ifOutMulticastPkts.
+    pub out_multicast_pkts: u32,
+    /// ifOutBroadcastPkts.
+    pub out_broadcast_pkts: u32,
+    /// ifOutDiscards.
+    pub out_discards: u32,
+    /// ifOutErrors.
+    pub out_errors: u32,
+    /// ifPromiscuousMode (1 = true, 2 = false, as in the IF-MIB; 0 when unknown).
+    pub promiscuous_mode: u32,
+    /// dot3StatsAlignmentErrors.
+    pub dot3_alignment_errors: u32,
+    /// dot3StatsFCSErrors.
+    pub dot3_fcs_errors: u32,
+    /// dot3StatsSingleCollisionFrames.
+    pub dot3_single_collision_frames: u32,
+    /// dot3StatsMultipleCollisionFrames.
+    pub dot3_multiple_collision_frames: u32,
+    /// dot3StatsSQETestErrors.
+    pub dot3_sqe_test_errors: u32,
+    /// dot3StatsDeferredTransmissions.
+    pub dot3_deferred_transmissions: u32,
+    /// dot3StatsLateCollisions.
+    pub dot3_late_collisions: u32,
+    /// dot3StatsExcessiveCollisions.
+    pub dot3_excessive_collisions: u32,
+    /// dot3StatsInternalMacTransmitErrors.
+    pub dot3_internal_mac_transmit_errors: u32,
+    /// dot3StatsCarrierSenseErrors.
+    pub dot3_carrier_sense_errors: u32,
+    /// dot3StatsFrameTooLongs.
+    pub dot3_frame_too_longs: u32,
+    /// dot3StatsInternalMacReceiveErrors.
+    pub dot3_internal_mac_receive_errors: u32,
+    /// dot3StatsSymbolErrors.
+    pub dot3_symbol_errors: u32,
+    /// UDP source port of the exporter.
+    pub exporter_port: u16,
+    /// 1 when the sample carried generic interface counters (format 1).
+    pub has_generic: u8,
+    /// 1 when the sample carried Ethernet interface counters (format 2).
+    pub has_ethernet: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<CounterRecord>() == 208);
+const _: () = assert!(std::mem::align_of::<CounterRecord>() == 8);
+
+impl CounterRecord {
+    /// Agent address as an [`IpAddr`].
+    pub fn agent_ip(&self) -> IpAddr {
+        bytes_to_addr(&self.agent)
+    }
+
+    /// Exporter address as an [`IpAddr`].
+    pub fn exporter_ip(&self) -> IpAddr {
+        bytes_to_addr(&self.exporter)
+    }
 }

@@ -398,6 +398,228 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+// ---------------------------------------------------------------------------------------------
+// sFlow: tshark's `sflow` dissector (fields `sflow_245.*`, `sflow_5.*`, `sflow.*`), with the
+// sampled packet header dissected by the ordinary `eth` / `vlan` / `mpls` / `ip` / `ipv6` /
+// `tcp` / `udp` / `icmp` / `icmpv6` dissectors, nested inside the raw header record.
+
+/// One frame of an sFlow capture.
+#[derive(Clone, Debug, Default)]
+pub struct SflowFrame {
+    /// 1-based frame number.
+    pub number: usize,
+    /// The sFlow layer, if tshark found one.
+    pub datagram: Option<SflowDatagram>,
+    /// tshark flagged the frame (or part of it) as malformed.
+    pub malformed: bool,
+}
+
+/// One sFlow datagram as tshark decoded it.
+#[derive(Clone, Debug, Default)]
+pub struct SflowDatagram {
+    /// The header fields (`sflow_245.version`, `.agent`, `.sub_agent_id`, ...).
+    pub header: Record,
+    /// Samples in wire order.
+    pub samples: Vec<SflowSample>,
+}
+
+/// One sample.
+#[derive(Clone, Debug, Default)]
+pub struct SflowSample {
+    /// tshark's label (`Flow sample, seq 1`, `Expanded counters sample, seq 2`, ...).
+    pub label: String,
+    /// `sflow_245.sampletype` (1 flow, 2 counters, 3 expanded flow, 4 expanded counters).
+    pub format: Option<u64>,
+    /// `sflow.enterprise` of the sample.
+    pub enterprise: Option<u64>,
+    /// The sample's own fields (not those of its records).
+    pub fields: Record,
+    /// Flow or counter records in wire order.
+    pub records: Vec<SflowRecord>,
+}
+
+/// One flow or counter record.
+#[derive(Clone, Debug, Default)]
+pub struct SflowRecord {
+    /// tshark's label (`Raw packet header`, `Extended gateway data`, ...).
+    pub label: String,
+    /// `sflow_245.flow_record_format` or `sflow_245.counters_record_format`.
+    pub format: Option<u64>,
+    /// `sflow.enterprise` of the record.
+    pub enterprise: Option<u64>,
+    /// Every named field inside the record in wire order, those of the dissected packet
+    /// header (`ip.src`, `tcp.flags`, ...) included.
+    pub fields: Record,
+    /// `sflow_245.dstAS` values inside AS path segments (`sflow.as_type`) only: tshark 4.0
+    /// shows the communities under the same field name.
+    pub as_path: Vec<u64>,
+}
+
+/// Runs `tshark -r capture -T pdml` and reads its sFlow layers.
+///
+/// # Errors
+///
+/// tshark is missing or fails, or its output is not PDML.
+pub fn dissect_sflow(capture: &Path) -> Result<Vec<SflowFrame>> {
+    crate::env::require_tool("tshark")?;
+    let out = Command::new("tshark")
+        .env("TZ", "UTC")
+        .arg("-n")
+        .arg("-r")
+        .arg(capture)
+        .args(["-T", "pdml"])
+        .output()
+        .with_context(|| format!("run tshark on {}", capture.display()))?;
+    if !out.status.success() {
+        bail!(
+            "tshark failed on {}: {}",
+            capture.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_sflow_pdml(&text).with_context(|| format!("parse tshark PDML for {}", capture.display()))
+}
+
+/// Reads tshark's PDML for sFlow frames.
+///
+/// # Errors
+///
+/// The text is not well-formed XML.
+pub fn parse_sflow_pdml(text: &str) -> Result<Vec<SflowFrame>> {
+    let doc = roxmltree::Document::parse_with_options(
+        text,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )?;
+    let mut frames = Vec::new();
+    for (i, packet) in doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("packet"))
+        .enumerate()
+    {
+        let mut frame = SflowFrame {
+            number: i + 1,
+            ..SflowFrame::default()
+        };
+        for proto in packet.children().filter(|n| n.has_tag_name("proto")) {
+            match proto.attribute("name") {
+                Some("geninfo") => {
+                    if let Some(n) = find_field(proto, "num").and_then(|s| s.parse().ok()) {
+                        frame.number = n;
+                    }
+                }
+                Some("sflow") if frame.datagram.is_none() => {
+                    frame.datagram = Some(parse_sflow(proto));
+                }
+                Some("_ws.malformed") => frame.malformed = true,
+                _ => {}
+            }
+            if proto
+                .descendants()
+                .any(|n| n.attribute("name") == Some("_ws.malformed"))
+            {
+                frame.malformed = true;
+            }
+        }
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+fn parse_sflow(proto: roxmltree::Node<'_, '_>) -> SflowDatagram {
+    let mut d = SflowDatagram::default();
+    for f in proto.children().filter(|n| n.has_tag_name("field")) {
+        let name = f.attribute("name").unwrap_or("");
+        if name.is_empty() {
+            d.samples.push(parse_sflow_sample(f));
+        } else {
+            d.header.fields.push(field_of(f));
+        }
+    }
+    d
+}
+
+fn parse_sflow_sample(node: roxmltree::Node<'_, '_>) -> SflowSample {
+    let mut s = SflowSample {
+        label: node.attribute("show").unwrap_or("").to_owned(),
+        ..SflowSample::default()
+    };
+    for f in node.children().filter(|n| n.has_tag_name("field")) {
+        let name = f.attribute("name").unwrap_or("");
+        if name.is_empty() {
+            s.records.push(parse_sflow_record(f));
+            continue;
+        }
+        // The field and its sub-fields (`output_interface` holds `_format` and `_value`).
+        for n in f.descendants().filter(|n| n.has_tag_name("field")) {
+            if n.attribute("name").is_some_and(|x| !x.is_empty()) {
+                s.fields.fields.push(field_of(n));
+            }
+        }
+    }
+    s.format = s.fields.num(&["sflow_245.sampletype"]);
+    s.enterprise = s.fields.num(&["sflow.enterprise"]);
+    s
+}
+
+fn parse_sflow_record(node: roxmltree::Node<'_, '_>) -> SflowRecord {
+    let mut r = SflowRecord {
+        label: node.attribute("show").unwrap_or("").to_owned(),
+        ..SflowRecord::default()
+    };
+    for n in node.descendants().filter(|n| n.has_tag_name("field")) {
+        let Some(name) = n.attribute("name").filter(|x| !x.is_empty()) else {
+            continue;
+        };
+        r.fields.fields.push(field_of(n));
+        let in_path = n
+            .ancestors()
+            .skip(1)
+            .take_while(|a| *a != node)
+            .any(|a| a.attribute("name") == Some("sflow.as_type"));
+        if name == "sflow_245.dstAS"
+            && in_path
+            && let Some(v) = n.attribute("show").and_then(parse_num)
+        {
+            r.as_path.push(v);
+        }
+    }
+    r.format = r.fields.num(&[
+        "sflow_245.flow_record_format",
+        "sflow_245.counters_record_format",
+    ]);
+    r.enterprise = r.fields.num(&["sflow.enterprise"]);
+    r
+}
+
+fn field_of(n: roxmltree::Node<'_, '_>) -> Field {
+    Field {
+        name: n.attribute("name").unwrap_or("").to_owned(),
+        showname: n.attribute("showname").unwrap_or("").to_owned(),
+        show: n.attribute("show").unwrap_or("").to_owned(),
+        value: n.attribute("value").unwrap_or("").to_owned(),
+    }
+}
+
+impl Record {
+    /// The value of the first occurrence of `name` (wire order), forward or not.
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.show.as_str())
+    }
+
+    /// Position of the first occurrence of `name` in wire order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
