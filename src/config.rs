@@ -369,7 +369,7 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert!(c.valkey.enabled && c.kafka.enabled);
         assert_eq!(c.log.level, "info");
-        assert_eq!(c.engine.listen.len(), 2);
+        assert_eq!(c.engine.listen.len(), 3, "NetFlow, IPFIX and sFlow ports");
         Config::parse("").unwrap().validate().unwrap();
     }
 

@@ -33,7 +33,8 @@ pub struct EngineConfig {
     /// v9, IPFIX; the version is read from each datagram). Every worker opens its own socket on
     /// each address with `SO_REUSEPORT`, and the kernel spreads exporters over the workers by
     /// their address and port, so one exporter always reaches the same worker (its templates
-    /// live there). Default: `["0.0.0.0:2055", "0.0.0.0:4739"]` (the NetFlow and IPFIX ports).
+    /// live there). Default: `["0.0.0.0:2055", "0.0.0.0:4739", "0.0.0.0:6343"]` (the NetFlow, IPFIX and
+    /// sFlow ports).
     pub listen: Vec<SocketAddr>,
 
     /// Number of receive/aggregate worker threads. Default: the number of CPUs available to
@@ -134,7 +135,11 @@ impl Default for EngineConfig {
     fn default() -> Self {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         Self {
-            listen: vec![SocketAddr::new(any, 2055), SocketAddr::new(any, 4739)],
+            listen: vec![
+                SocketAddr::new(any, 2055),
+                SocketAddr::new(any, 4739),
+                SocketAddr::new(any, 6343),
+            ],
             workers: flowplane_hwprofiles::available_cpus()
                 .saturating_sub(1)
                 .max(1),

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flowplane_decoders::{DecodeError, DecodeStats};
+use flowplane_decoders::{DecodeError, DecodeStats, SflowStats};
 use serde::Serialize;
 
 /// Number of decode error kinds ([`DecodeError::ALL`]).
@@ -66,6 +66,18 @@ pub struct WorkerCounters {
     pub merger_behind_windows: u64,
     /// Records in those discarded windows.
     pub merger_behind_records: u64,
+    /// Interface counter samples (sFlow) handed on to the sinks.
+    pub counter_samples: u64,
+    /// Counter samples dropped because a worker's per-window bound was reached.
+    pub counter_samples_dropped: u64,
+    /// sFlow datagrams missing by the agents' sequence numbers (some may arrive late: `sflow_sequence_late`).
+    pub sflow_sequence_gaps: u64,
+    /// sFlow datagrams that arrived after a later one.
+    pub sflow_sequence_late: u64,
+    /// Samples the sFlow agents report they lost themselves (their `drops` field).
+    pub sflow_agent_drops: u64,
+    /// sFlow samples and records of a format flowplane does not read, skipped by length.
+    pub sflow_unknown_skipped: u64,
 }
 
 impl WorkerCounters {
@@ -91,6 +103,12 @@ impl WorkerCounters {
         self.table_overflow += o.table_overflow;
         self.merger_behind_windows += o.merger_behind_windows;
         self.merger_behind_records += o.merger_behind_records;
+        self.counter_samples += o.counter_samples;
+        self.counter_samples_dropped += o.counter_samples_dropped;
+        self.sflow_sequence_gaps += o.sflow_sequence_gaps;
+        self.sflow_sequence_late += o.sflow_sequence_late;
+        self.sflow_agent_drops += o.sflow_agent_drops;
+        self.sflow_unknown_skipped += o.sflow_unknown_skipped;
     }
 
     /// Copies the decoder's template and held-data counters as the change from `prev` to `now`
@@ -106,6 +124,18 @@ impl WorkerCounters {
         self.templates_learned += d(prev.templates_learned, now.templates_learned);
         self.templates_withdrawn += d(prev.templates_withdrawn, now.templates_withdrawn);
         self.templates_refused += d(prev.templates_refused, now.templates_refused);
+    }
+
+    /// Copies the decoder's sFlow counters as the change from `prev` to `now`.
+    pub fn add_sflow_delta(&mut self, prev: &SflowStats, now: &SflowStats) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        self.sflow_sequence_gaps += d(prev.sequence_gaps, now.sequence_gaps);
+        self.sflow_sequence_late += d(prev.sequence_late, now.sequence_late);
+        self.sflow_agent_drops += d(prev.samples_dropped, now.samples_dropped);
+        self.sflow_unknown_skipped += d(
+            prev.unknown_samples + prev.unknown_records,
+            now.unknown_samples + now.unknown_records,
+        );
     }
 }
 
@@ -166,6 +196,9 @@ pub struct CountersSnapshot {
     pub zscore_keys: u64,
     /// New keys not scored because the baseline store was full.
     pub zscore_keys_untracked: u64,
+    /// Interface counter samples that got no rate because the merger already tracked the
+    /// maximum number of interfaces.
+    pub interfaces_untracked: u64,
     /// Per sink.
     pub sinks: Vec<SinkCountersSnapshot>,
 }
@@ -208,6 +241,18 @@ pub struct WorkerTotals {
     pub merger_behind_windows: u64,
     /// Records in those windows.
     pub merger_behind_records: u64,
+    /// Interface counter samples (sFlow) handed on to the sinks.
+    pub counter_samples: u64,
+    /// Counter samples dropped because a worker's per-window bound was reached.
+    pub counter_samples_dropped: u64,
+    /// sFlow datagrams missing by the agents' sequence numbers (some may arrive late: `sflow_sequence_late`).
+    pub sflow_sequence_gaps: u64,
+    /// sFlow datagrams that arrived after a later one.
+    pub sflow_sequence_late: u64,
+    /// Samples the sFlow agents report they lost themselves (their `drops` field).
+    pub sflow_agent_drops: u64,
+    /// sFlow samples and records of a format flowplane does not read, skipped by length.
+    pub sflow_unknown_skipped: u64,
 }
 
 impl From<&WorkerCounters> for WorkerTotals {
@@ -230,6 +275,12 @@ impl From<&WorkerCounters> for WorkerTotals {
             table_overflow: w.table_overflow,
             merger_behind_windows: w.merger_behind_windows,
             merger_behind_records: w.merger_behind_records,
+            counter_samples: w.counter_samples,
+            counter_samples_dropped: w.counter_samples_dropped,
+            sflow_sequence_gaps: w.sflow_sequence_gaps,
+            sflow_sequence_late: w.sflow_sequence_late,
+            sflow_agent_drops: w.sflow_agent_drops,
+            sflow_unknown_skipped: w.sflow_unknown_skipped,
         }
     }
 }
@@ -246,6 +297,7 @@ impl CountersSnapshot {
         let mut s = format!(
             "rx datagrams={} bytes={} socket_drops={} truncated={} records={} decode_errors={} \
              sets_without_template={} held_expired={} table_overflow={} merger_behind={} \
+             counter_samples={} counter_samples_dropped={} sflow_seq_gaps={} sflow_agent_drops={} \
              windows={} incomplete={} late_shares={} alerts={}",
             w.datagrams,
             w.bytes,
@@ -257,6 +309,10 @@ impl CountersSnapshot {
             w.held_sets_expired + w.held_sets_evicted,
             w.table_overflow + self.merge_overflow,
             w.merger_behind_windows,
+            w.counter_samples,
+            w.counter_samples_dropped,
+            w.sflow_sequence_gaps.saturating_sub(w.sflow_sequence_late),
+            w.sflow_agent_drops,
             self.windows_closed,
             self.windows_closed_incomplete,
             self.late_shares,

@@ -101,8 +101,10 @@ impl Field {
             Self::DstIp => out.copy_from_slice(&r.dst_addr),
             Self::DstPort => out.copy_from_slice(&r.dst_port.to_be_bytes()),
             Self::Exporter => out.copy_from_slice(&r.exporter),
-            Self::InputIf => out.copy_from_slice(&r.input_if.to_be_bytes()),
-            Self::OutputIf => out.copy_from_slice(&r.output_if.to_be_bytes()),
+            // sFlow marks an interface field that is not an ifIndex (a discard reason, or a
+            // count of output interfaces) with format bits; such values key as interface 0.
+            Self::InputIf => out.copy_from_slice(&if_index(r.input_if, r.input_if_format)),
+            Self::OutputIf => out.copy_from_slice(&if_index(r.output_if, r.output_if_format)),
             Self::Protocol => out[0] = r.protocol,
             Self::SrcAs => out.copy_from_slice(&r.src_as.to_be_bytes()),
             Self::SrcIp => out.copy_from_slice(&r.src_addr),
@@ -240,6 +242,12 @@ fn push_display(s: &mut String, v: &KeyValue) {
     };
 }
 
+/// An interface field as key bytes: the ifIndex, or 0 when the field's format says it holds
+/// something else (sFlow: 1 = discarded, value is the reason; 2 = several interfaces).
+fn if_index(value: u32, format: u8) -> [u8; 4] {
+    if format == 0 { value } else { 0 }.to_be_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use flowplane_decoders::v4_to_bytes;
@@ -262,6 +270,23 @@ mod tests {
         let (text, fields) = d.render(&k);
         assert_eq!(text, "10.0.0.1|443|6");
         assert_eq!(fields[1], ("dst_port", KeyValue::Num(443)));
+    }
+
+    #[test]
+    fn sflow_interface_fields_that_are_not_an_ifindex_key_as_zero() {
+        let d = Dimension::parse("input_if+output_if").unwrap();
+        let mut r = FlowRecord {
+            input_if: 7,
+            output_if: 3,
+            ..FlowRecord::default()
+        };
+        let mut buf = [0u8; KEY_MAX];
+        assert_eq!(d.extract(&r, &mut buf), [0, 0, 0, 7, 0, 0, 0, 3]);
+        // Discarded (format 1, value = reason 258) and multiple (format 2, 3 interfaces).
+        r.output_if = 258;
+        r.output_if_format = 1;
+        r.input_if_format = 2;
+        assert_eq!(d.extract(&r, &mut buf), [0; 8]);
     }
 
     #[test]

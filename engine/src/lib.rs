@@ -9,6 +9,7 @@
 pub mod config;
 pub mod counters;
 mod error;
+mod interfaces;
 pub mod key;
 pub mod merger;
 pub mod output;
@@ -35,7 +36,8 @@ pub use config::{ConfigError, EngineConfig, ReceiveBackend};
 pub use counters::CountersSnapshot;
 pub use error::EngineError;
 pub use output::{
-    AggEntry, Alert, DimensionWindow, KeyValue, Sink, SinkError, Totals, WindowBatch,
+    AggEntry, Alert, DimensionWindow, InterfaceCounters, KeyValue, Sink, SinkError, Totals,
+    WindowBatch,
 };
 pub use rx::IDLE_TICK_MS;
 
@@ -214,7 +216,7 @@ pub fn run_with(
             workers = cfg.workers,
             cores = ?cores.iter().map(|c| c.map(|c| c.id)).collect::<Vec<_>>(),
             dimensions = dims.len(),
-            "Listening for NetFlow v5/v9 and IPFIX."
+            "Listening for NetFlow v5/v9, IPFIX and sFlow v5."
         );
     }
     if refused.is_none() {

@@ -40,8 +40,9 @@ use tracing::{debug, info, warn};
 use crate::counters::{
     CountersSnapshot, ExporterErrorMap, WorkerCounters, WorkerTotals, errors_by_kind,
 };
+use crate::interfaces::InterfaceRates;
 use crate::key::Dimension;
-use crate::output::{AggEntry, Alert, DimensionWindow, WindowBatch};
+use crate::output::{AggEntry, Alert, DimensionWindow, InterfaceCounters, WindowBatch};
 use crate::ratelimit::RateLimit;
 use crate::sink_driver::SinkHandle;
 use crate::table::Table;
@@ -84,6 +85,8 @@ pub struct Merger {
     zscore: ZScore,
 
     totals: WorkerCounters,
+    interfaces: InterfaceRates,
+    counters_out: Vec<InterfaceCounters>,
     exporter_errors: ExporterErrorMap,
     stats: MergerStats,
     late_log: RateLimit,
@@ -128,6 +131,8 @@ impl Merger {
                 cfg.zscore_max_keys,
             ),
             totals: WorkerCounters::default(),
+            interfaces: InterfaceRates::default(),
+            counters_out: Vec::new(),
             exporter_errors: ExporterErrorMap::default(),
             stats: MergerStats::default(),
             late_log: RateLimit::new(Duration::from_secs(10)),
@@ -149,6 +154,12 @@ impl Merger {
         if let Some(mut set) = set {
             for (exporter, errors) in &set.exporter_errors {
                 self.exporter_errors.add(*exporter, errors);
+            }
+            // Counter samples are not aggregated: they go out with the next window closed,
+            // even when their share is late.
+            for c in &set.counters {
+                let annotated = self.interfaces.annotate(c);
+                self.counters_out.push(annotated);
             }
             if self.closed_up_to.is_some_and(|c| window <= c) {
                 self.stats.late_shares += 1;
@@ -240,6 +251,7 @@ impl Merger {
             alerts: self.stats.alerts,
             zscore_keys: self.zscore.tracked() as u64,
             zscore_keys_untracked: self.zscore.untracked(),
+            interfaces_untracked: self.interfaces.untracked(),
             sinks: Vec::new(),
         }
     }
@@ -351,6 +363,7 @@ impl Merger {
             window_start: w,
             dimensions,
             alerts,
+            counters: std::mem::take(&mut self.counters_out),
         })
     }
 }

@@ -96,8 +96,26 @@ pub struct Alert {
     pub threshold: f64,
 }
 
+/// One interface counter sample (sFlow generic and Ethernet interface counters) as the agent
+/// sent it, with the rates since the same interface's previous sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InterfaceCounters {
+    /// The sample: cumulative counters, interface, agent, arrival time.
+    pub record: flowplane_decoders::CounterRecord,
+    /// Seconds since the previous sample of this interface (by arrival), when there was one.
+    pub interval_secs: Option<f64>,
+    /// Input bits per second over that interval (`None` without a previous sample, or when the
+    /// counter went backwards: a reset or wrap).
+    pub in_bps: Option<f64>,
+    /// Output bits per second, likewise.
+    pub out_bps: Option<f64>,
+    /// The larger of the two directions as a fraction of `ifSpeed` (0 to 1; `None` when the
+    /// speed is 0 or unknown, or there is no rate).
+    pub utilisation: Option<f64>,
+}
+
 /// One closed window, as handed to every sink.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WindowBatch {
     /// Window start, Unix seconds (windows are aligned to wall-clock seconds).
     pub window_start: u64,
@@ -105,6 +123,9 @@ pub struct WindowBatch {
     pub dimensions: Vec<DimensionWindow>,
     /// Alerts raised for this window.
     pub alerts: Vec<Alert>,
+    /// Interface counter samples that arrived since the previous window was handed on (they
+    /// are not aggregated: each keeps its own arrival time).
+    pub counters: Vec<InterfaceCounters>,
 }
 
 /// Why a sink could not take a batch. The engine retries, buffers and counts; the sink only

@@ -257,6 +257,7 @@ mod tests {
             window_start: w,
             dimensions: Vec::new(),
             alerts: Vec::new(),
+            counters: Vec::new(),
         })
     }
 

@@ -35,7 +35,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use flowplane_decoders::{DecodeStats, Decoder, DecoderLimits, FlowRecord};
+use flowplane_decoders::{
+    CounterRecord, DecodeStats, Decoder, DecoderLimits, FlowRecord, SflowStats,
+};
 use tracing::debug;
 
 use crate::counters::{ERROR_KINDS, WorkerCounters};
@@ -45,6 +47,11 @@ use crate::table::Table;
 
 /// Table sets one worker may own at once (active + in flight); see the module docs.
 pub const MAX_SETS_PER_WORKER: usize = 4;
+
+/// Interface counter samples (sFlow) a worker keeps per window. An agent sends one per
+/// interface every 20 to 30 s, so this is thousands of interfaces per worker; further samples
+/// in the same window are counted as dropped (`counter_samples_dropped`).
+pub const COUNTER_SAMPLES_PER_WINDOW: usize = 4_096;
 
 /// Distinct exporters whose decode errors a worker tells apart within one window; further
 /// ones are reported together as `None` (the merger's `other` row).
@@ -59,6 +66,9 @@ pub struct TableSet {
     pub exporter_errors: Vec<(Option<IpAddr>, [u64; ERROR_KINDS])>,
     /// Records aggregated into this set.
     pub records: u64,
+    /// Interface counter samples (sFlow) of the window, as received; capacity
+    /// [`COUNTER_SAMPLES_PER_WINDOW`], allocated once with the set.
+    pub counters: Vec<CounterRecord>,
 }
 
 impl TableSet {
@@ -71,6 +81,11 @@ impl TableSet {
                 .collect(),
             exporter_errors: Vec::with_capacity(EXPORTER_ERRORS_PER_WINDOW + 1),
             records: 0,
+            counters: Vec::with_capacity(if dims.is_empty() {
+                0
+            } else {
+                COUNTER_SAMPLES_PER_WINDOW
+            }),
         }
     }
 
@@ -78,6 +93,7 @@ impl TableSet {
     pub fn is_empty(&self) -> bool {
         self.records == 0
             && self.exporter_errors.is_empty()
+            && self.counters.is_empty()
             && self.tables.iter().all(Table::is_empty)
     }
 
@@ -86,6 +102,7 @@ impl TableSet {
         self.tables.iter_mut().for_each(Table::clear);
         self.exporter_errors.clear();
         self.records = 0;
+        self.counters.clear();
     }
 
     fn count_error(&mut self, exporter: IpAddr, kind: usize) {
@@ -137,6 +154,7 @@ pub struct Worker {
 
     decoder: Decoder,
     prev_stats: DecodeStats,
+    prev_sflow: SflowStats,
     active: TableSet,
     window: Option<u64>,
     counters: WorkerCounters,
@@ -167,6 +185,7 @@ impl Worker {
             capacity,
             decoder: Decoder::new(limits),
             prev_stats: DecodeStats::default(),
+            prev_sflow: SflowStats::default(),
             active,
             window: None,
             counters: WorkerCounters::default(),
@@ -194,9 +213,29 @@ impl Worker {
             ..
         } = self;
         let scale = *scale_sampling;
-        let result = decoder.decode(src, now_ms, datagram, |r| {
-            counters.table_overflow += add_record(dims, &mut active.tables, key_buf, r, scale);
-        });
+        let TableSet {
+            tables,
+            counters: samples,
+            ..
+        } = active;
+        let mut dropped = 0;
+        let result = decoder.decode_with_counters(
+            src,
+            now_ms,
+            datagram,
+            |r| {
+                counters.table_overflow += add_record(dims, tables, key_buf, r, scale);
+            },
+            |c| {
+                // Within the capacity allocated with the set: never reallocates.
+                if samples.len() < samples.capacity() {
+                    samples.push(*c);
+                } else {
+                    dropped += 1;
+                }
+            },
+        );
+        self.counters.counter_samples_dropped += dropped;
         self.counters.records += u64::from(result.records);
         self.active.records += u64::from(result.records);
         if let Some(e) = result.error {
@@ -249,17 +288,24 @@ impl Worker {
         let now = *self.decoder.stats();
         self.counters.add_decoder_delta(&self.prev_stats, &now);
         self.prev_stats = now;
+        let now = *self.decoder.sflow_stats();
+        self.counters.add_sflow_delta(&self.prev_sflow, &now);
+        self.prev_sflow = now;
+        let samples = self.active.counters.len() as u64;
 
         let set = if self.active.is_empty() {
             None
         } else if let Some(spare) = self.take_spare(last) {
+            self.counters.counter_samples += samples;
             Some(std::mem::replace(&mut self.active, spare))
         } else if last {
             // Nothing continues after the last share: send the active set itself.
+            self.counters.counter_samples += samples;
             Some(std::mem::replace(&mut self.active, TableSet::new(&[], 2)))
         } else {
             self.counters.merger_behind_windows += 1;
             self.counters.merger_behind_records += self.active.records;
+            self.counters.counter_samples_dropped += samples;
             self.active.clear();
             None
         };

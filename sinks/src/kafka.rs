@@ -929,6 +929,7 @@ mod tests {
                 },
             ],
             alerts: vec![],
+            counters: Vec::new(),
         };
         let m = encode(&batch, "a1");
         assert_eq!(m.len(), 3);

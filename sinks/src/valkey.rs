@@ -800,6 +800,7 @@ mod tests {
                 overflow: Totals::default(),
             }],
             alerts: Vec::new(),
+            counters: Vec::new(),
         }
     }
 

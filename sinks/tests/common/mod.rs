@@ -61,6 +61,7 @@ pub(crate) fn port_batch(window_start: u64, keys: &[(u64, u64)]) -> WindowBatch 
             overflow: Totals::default(),
         }],
         alerts: Vec::new(),
+        counters: Vec::new(),
     }
 }
 
