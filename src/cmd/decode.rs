@@ -1,6 +1,7 @@
 //! `flowplane decode`: the decoders of the data plane, run over a capture, for debugging an
 //! exporter.
 
+use std::cell::RefCell;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use flowplane::capture::{self, Capture};
 use flowplane_decoders::{
-    DecodeError, DecodeStats, Decoder, DecoderLimits, FlowFormat, FlowRecord,
+    CounterRecord, DecodeError, DecodeStats, Decoder, DecoderLimits, FlowFormat, FlowRecord,
+    SflowStats, bytes_to_addr,
 };
 use serde_json::json;
 
@@ -50,17 +52,27 @@ pub(crate) fn decode(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let mut formats = [0u64; 5];
     let mut write_error = None;
 
+    let sflow_before = *decoder.sflow_stats();
     for (index, d) in capture.datagrams.iter().enumerate() {
         decoder.expire(d.ts_ms);
-        let result = decoder.decode(d.src, d.ts_ms, &d.payload, |r| {
-            if write_error.is_some() {
-                return;
+        // Flow records and (sFlow) interface counter samples, in datagram order, one line each.
+        let lines = RefCell::new((&mut out, &mut write_error));
+        let write = |line: serde_json::Value| {
+            let mut guard = lines.borrow_mut();
+            let (out, err) = &mut *guard;
+            if err.is_none()
+                && let Err(e) = writeln!(out, "{line}")
+            {
+                **err = Some(e);
             }
-            let line = record_json(r, index, d.ts_ms);
-            if let Err(e) = writeln!(out, "{line}") {
-                write_error = Some(e);
-            }
-        });
+        };
+        let result = decoder.decode_with_counters(
+            d.src,
+            d.ts_ms,
+            &d.payload,
+            |r| write(record_json(r, index, d.ts_ms)),
+            |c| write(counters_json(c, index, d.ts_ms)),
+        );
         if let Some(format) = result.format {
             formats[format_slot(format)] += 1;
         }
@@ -78,9 +90,11 @@ pub(crate) fn decode(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let stats = delta(decoder.stats(), &primed);
+    let sflow = sflow_delta(decoder.sflow_stats(), &sflow_before);
     let summary = Summary {
         capture: &capture,
         stats: &stats,
+        sflow: &sflow,
         formats: &formats,
         primed_files: args.prime.len(),
     };
@@ -96,6 +110,7 @@ pub(crate) fn decode(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
 /// name, times in milliseconds and in RFC 3339, and where it came from in the capture.
 fn record_json(r: &FlowRecord, datagram: usize, capture_ms: u64) -> serde_json::Value {
     json!({
+        "record": "flow",
         "datagram": datagram,
         "capture_time": utc_ms(capture_ms),
         "format": r.flow_format().name(),
@@ -121,13 +136,112 @@ fn record_json(r: &FlowRecord, datagram: usize, capture_ms: u64) -> serde_json::
         "end_ms": r.end_ms,
         "start": (r.start_ms != 0).then(|| utc_ms(r.start_ms)),
         "end": (r.end_ms != 0).then(|| utc_ms(r.end_ms)),
+        "input_if_format": r.input_if_format,
+        "output_if_format": r.output_if_format,
+        "src_mask": r.src_mask,
+        "dst_mask": r.dst_mask,
+        "src_vlan": r.src_vlan,
+        "dst_vlan": r.dst_vlan,
+        "header_truncated": r.truncated != 0,
     })
+}
+
+/// One interface counter sample (sFlow) as a JSON object, every field of [`CounterRecord`].
+fn counters_json(c: &CounterRecord, datagram: usize, capture_ms: u64) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    for (k, v) in [
+        ("record", json!("counters")),
+        ("datagram", json!(datagram)),
+        ("capture_time", json!(utc_ms(capture_ms))),
+        ("format", json!("sflow")),
+        ("agent", json!(bytes_to_addr(&c.agent).to_string())),
+        ("exporter", json!(bytes_to_addr(&c.exporter).to_string())),
+        ("if_speed", json!(c.if_speed)),
+        ("in_octets", json!(c.in_octets)),
+        ("out_octets", json!(c.out_octets)),
+    ] {
+        o.insert(k.to_owned(), v);
+    }
+    for (k, v) in [
+        ("sub_agent_id", c.sub_agent_id),
+        ("uptime_ms", c.uptime_ms),
+        ("sample_sequence", c.sample_sequence),
+        ("source_id_type", c.source_id_type),
+        ("source_id_index", c.source_id_index),
+        ("if_index", c.if_index),
+        ("if_type", c.if_type),
+        ("if_direction", c.if_direction),
+        ("if_status", c.if_status),
+        ("in_unicast_pkts", c.in_unicast_pkts),
+        ("in_multicast_pkts", c.in_multicast_pkts),
+        ("in_broadcast_pkts", c.in_broadcast_pkts),
+        ("in_discards", c.in_discards),
+        ("in_errors", c.in_errors),
+        ("in_unknown_protos", c.in_unknown_protos),
+        ("out_unicast_pkts", c.out_unicast_pkts),
+        ("out_multicast_pkts", c.out_multicast_pkts),
+        ("out_broadcast_pkts", c.out_broadcast_pkts),
+        ("out_discards", c.out_discards),
+        ("out_errors", c.out_errors),
+        ("promiscuous_mode", c.promiscuous_mode),
+        ("dot3_alignment_errors", c.dot3_alignment_errors),
+        ("dot3_fcs_errors", c.dot3_fcs_errors),
+        (
+            "dot3_single_collision_frames",
+            c.dot3_single_collision_frames,
+        ),
+        (
+            "dot3_multiple_collision_frames",
+            c.dot3_multiple_collision_frames,
+        ),
+        ("dot3_sqe_test_errors", c.dot3_sqe_test_errors),
+        ("dot3_deferred_transmissions", c.dot3_deferred_transmissions),
+        ("dot3_late_collisions", c.dot3_late_collisions),
+        ("dot3_excessive_collisions", c.dot3_excessive_collisions),
+        (
+            "dot3_internal_mac_transmit_errors",
+            c.dot3_internal_mac_transmit_errors,
+        ),
+        ("dot3_carrier_sense_errors", c.dot3_carrier_sense_errors),
+        ("dot3_frame_too_longs", c.dot3_frame_too_longs),
+        (
+            "dot3_internal_mac_receive_errors",
+            c.dot3_internal_mac_receive_errors,
+        ),
+        ("dot3_symbol_errors", c.dot3_symbol_errors),
+    ] {
+        o.insert(k.to_owned(), json!(v));
+    }
+    serde_json::Value::Object(o)
+}
+
+/// The change of the sFlow counters over this file (priming files excluded).
+fn sflow_delta(now: &SflowStats, before: &SflowStats) -> SflowStats {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    SflowStats {
+        datagrams: d(now.datagrams, before.datagrams),
+        flow_samples: d(now.flow_samples, before.flow_samples),
+        counter_samples: d(now.counter_samples, before.counter_samples),
+        unknown_samples: d(now.unknown_samples, before.unknown_samples),
+        unknown_records: d(now.unknown_records, before.unknown_records),
+        unknown_header_protocols: d(
+            now.unknown_header_protocols,
+            before.unknown_header_protocols,
+        ),
+        sequence_gaps: d(now.sequence_gaps, before.sequence_gaps),
+        sequence_late: d(now.sequence_late, before.sequence_late),
+        sequence_resets: d(now.sequence_resets, before.sequence_resets),
+        agents_untracked: d(now.agents_untracked, before.agents_untracked),
+        samples_dropped: d(now.samples_dropped, before.samples_dropped),
+        sources_untracked: d(now.sources_untracked, before.sources_untracked),
+    }
 }
 
 /// What the summary line reports.
 struct Summary<'a> {
     capture: &'a Capture,
     stats: &'a DecodeStats,
+    sflow: &'a SflowStats,
     formats: &'a [u64; 5],
     primed_files: usize,
 }
@@ -170,6 +284,18 @@ impl Summary<'_> {
             },
             "reassembled_datagrams": c.reassembled,
             "truncated_file": c.truncated_file,
+            "sflow": {
+                "datagrams": self.sflow.datagrams,
+                "flow_samples": self.sflow.flow_samples,
+                "counter_samples": self.sflow.counter_samples,
+                "unknown_samples": self.sflow.unknown_samples,
+                "unknown_records": self.sflow.unknown_records,
+                "unknown_header_protocols": self.sflow.unknown_header_protocols,
+                "sequence_gaps": self.sflow.sequence_gaps,
+                "sequence_late": self.sflow.sequence_late,
+                "sequence_resets": self.sflow.sequence_resets,
+                "agent_drops": self.sflow.samples_dropped,
+            },
         })
     }
 
@@ -230,6 +356,20 @@ impl Summary<'_> {
                 k.truncated,
                 k.unsupported_link,
                 c.reassembled
+            );
+        }
+        let f = self.sflow;
+        if f.datagrams > 0 {
+            line += &format!(
+                "; sflow flow samples={} counter samples={} unknown skipped={} sequence gaps={} \
+                 late={} resets={} agent drops={}",
+                f.flow_samples,
+                f.counter_samples,
+                f.unknown_samples + f.unknown_records,
+                f.sequence_gaps,
+                f.sequence_late,
+                f.sequence_resets,
+                f.samples_dropped
             );
         }
         if self.primed_files > 0 {

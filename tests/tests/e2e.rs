@@ -559,3 +559,236 @@ fn pmacctd_nfprobe_netflow_v9() -> Result<()> {
 fn pmacctd_nfprobe_ipfix() -> Result<()> {
     run_case(Exporter::Pmacctd, 10)
 }
+
+// ---------------------------------------------------------------------------------------------
+// sFlow: pmacctd's sfprobe plugin samples the traffic 1 in `SFLOW_RATE` and exports sFlow v5.
+
+/// pmacctd's sfprobe sampling rate in the sFlow tests.
+const SFLOW_RATE: u64 = 4;
+
+/// Runs pmacctd with the sfprobe plugin over `pcap`, exporting sFlow v5 to `to`.
+fn export_sflow(dir: &Path, pcap: &Path, to: SocketAddr) -> Result<()> {
+    let conf = dir.join("sfprobe.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemonize: false\npcap_savefile: {}\nplugins: sfprobe\nsfprobe_receiver: {to}\n\
+             sampling_rate: {SFLOW_RATE}\n",
+            pcap.display(),
+        ),
+    )?;
+    let out = Command::new("timeout")
+        .args(["60", "pmacctd", "-f"])
+        .arg(&conf)
+        .output()?;
+    ensure!(out.status.success(), "pmacctd (sfprobe) failed: {out:?}");
+    Ok(())
+}
+
+/// What the sFlow samples say, according to tshark: scaled (bytes, packets) per destination
+/// port and per source address (frame length x rate, rate), and the raw sampled totals.
+fn sflow_sums(
+    dir: &Path,
+    datagrams: &[Vec<u8>],
+    exporter: SocketAddr,
+) -> Result<(Sums, Sums, (u64, u64))> {
+    let capture = dir.join("sflow-export.pcap");
+    let to: SocketAddr = "127.0.0.1:6343".parse()?;
+    let now = unix_ms();
+    write_udp_pcap(
+        &capture,
+        datagrams.iter().enumerate().map(|(i, d)| UdpOut {
+            ts_ms: now + i as u64,
+            src: exporter,
+            dst: to,
+            payload: d,
+        }),
+    )?;
+    let frames = tshark::dissect_sflow(&capture)?;
+    let (mut by_port, mut by_src) = (Sums::new(), Sums::new());
+    let mut raw = (0u64, 0u64);
+    for f in &frames {
+        let Some(d) = &f.datagram else {
+            bail!("tshark found no sFlow datagram in frame {}", f.number)
+        };
+        for s in &d.samples {
+            ensure!(
+                s.format == Some(1),
+                "pmacctd sent a sample of format {:?}",
+                s.format
+            );
+            let rate = s
+                .fields
+                .num(&["sflow.flow_sample.sampling_rate"])
+                .unwrap_or(1);
+            let header = s
+                .records
+                .iter()
+                .find(|r| r.format == Some(1))
+                .context("flow sample without a raw packet header")?;
+            let h = &header.fields;
+            let frame = h
+                .num(&["sflow_245.header.frame_length"])
+                .context("no frame length")?;
+            let port = h
+                .num(&["udp.dstport"])
+                .context("sampled packet without UDP port")?;
+            let src = h
+                .addr("ip.src")
+                .or_else(|| h.addr("ipv6.src"))
+                .context("sampled packet without source address")?;
+            add(&mut by_port, port.to_string(), frame * rate, rate);
+            add(&mut by_src, src.to_string(), frame * rate, rate);
+            raw.0 += frame;
+            raw.1 += 1;
+        }
+    }
+    Ok((by_port, by_src, raw))
+}
+
+/// `got` is within `tolerance` (a fraction) of `want`.
+fn near(got: u64, want: u64, tolerance: f64) -> bool {
+    (got as f64 - want as f64).abs() <= tolerance * want as f64
+}
+
+/// pmacctd's sfprobe samples generated traffic 1 in 4 and exports sFlow v5 through a relay to
+/// a running flowplane. Valkey and Kafka must hold exactly the scaled totals of the samples as
+/// tshark reads them (frame length x rate, rate packets per sample), and those estimates must
+/// be close to the traffic's true totals.
+#[test]
+fn pmacctd_sfprobe_sflow() -> Result<()> {
+    env::require_tool("pmacctd")?;
+    env::require_tool("tshark")?;
+    let name = "sfprobe";
+    let dir = env::scratch_dir(name)?;
+    let t = Traffic::new(60, 20);
+    let pcap = dir.join("traffic.pcap");
+    traffic::write(&pcap, &t, unix_ms() - 10_000)?;
+
+    let (fp, dest) = Flowplane::start(&dir, name)?;
+    let relay = Relay::start(fp.bound)?;
+    let exporter_addr = relay.exporter;
+    export_sflow(&dir, &pcap, relay.listen)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let datagrams = relay.finish();
+    ensure!(!datagrams.is_empty(), "pmacctd's sfprobe exported nothing");
+    let (summary, log) = fp.stop()?;
+    let ctx = || format!("summary: {summary}\nlog:\n{}", log.join("\n"));
+
+    let (want_port, want_src, (raw_bytes, samples)) = sflow_sums(&dir, &datagrams, exporter_addr)?;
+    for c in [
+        "decode_errors",
+        "socket_drops",
+        "truncated",
+        "table_overflow",
+    ] {
+        ensure!(counter(&summary, c) == Some(0), "{c} is not 0; {}", ctx());
+    }
+    ensure!(
+        counter(&summary, "records") == Some(samples),
+        "flowplane decoded a different number of flow samples than tshark ({samples}); {}",
+        ctx()
+    );
+
+    // Exact: what the samples say, scaled.
+    let v_port = valkey_sums(&dest.config, "dst_port")?;
+    ensure!(
+        v_port == want_port,
+        "Valkey dst_port {v_port:?} != samples {want_port:?}"
+    );
+    let v_src = valkey_sums(&dest.config, "src_ip")?;
+    ensure!(
+        v_src == want_src,
+        "Valkey src_ip {v_src:?} != samples {want_src:?}"
+    );
+    let k = kafka_sums(&dest.aggregates_topic)?;
+    let k_port = k.get("dst_port").cloned().unwrap_or_default();
+    ensure!(
+        k_port == want_port,
+        "Kafka dst_port {k_port:?} != samples {want_port:?}"
+    );
+
+    // Close to the truth: 1-in-4 sampling of ~960 packets estimates within a few percent.
+    let (scaled_bytes, scaled_packets) = want_port
+        .values()
+        .fold((0, 0), |(b, p), (vb, vp)| (b + vb, p + vp));
+    let (_, true_packets) = t.totals();
+    // sFlow counts whole frames: the IP bytes plus the 14-byte Ethernet header (and the FCS
+    // where the agent counts it, 4 more).
+    let true_frames: u64 = t
+        .flows
+        .iter()
+        .map(|f| f.packets * (f.packet_ip_bytes() + 14))
+        .sum();
+    ensure!(
+        near(scaled_packets, true_packets, 0.15) && near(scaled_bytes, true_frames, 0.15),
+        "the scaled estimate ({scaled_packets} packets, {scaled_bytes} bytes) is far from the \
+         traffic ({true_packets} packets, {true_frames} frame bytes)"
+    );
+    eprintln!(
+        "{name}: {} datagrams, {samples} samples ({raw_bytes} sampled bytes) at 1 in \
+         {SFLOW_RATE}: {scaled_packets} packets / {scaled_bytes} bytes estimated, traffic held \
+         {true_packets} / {true_frames}; Valkey and Kafka agree with the samples exactly",
+        datagrams.len()
+    );
+    Ok(())
+}
+
+/// sFlow (pmacctd sfprobe) and NetFlow v9 (softflowd) into one running flowplane at the same
+/// time: every destination port's totals in Valkey are the sum of both exporters' exact views.
+#[test]
+fn sflow_and_netflow_through_one_flowplane() -> Result<()> {
+    env::require_tool("pmacctd")?;
+    env::require_tool("softflowd")?;
+    env::require_tool("tshark")?;
+    let name = "sflow+netflow";
+    let dir = env::scratch_dir("sflow-netflow")?;
+    let t = Traffic::new(40, 10);
+    let pcap = dir.join("traffic.pcap");
+    traffic::write(&pcap, &t, unix_ms() - 10_000)?;
+
+    let (fp, dest) = Flowplane::start(&dir, "sflow-netflow")?;
+    let sflow_relay = Relay::start(fp.bound)?;
+    let netflow_relay = Relay::start(fp.bound)?;
+    let (sflow_from, netflow_from) = (sflow_relay.exporter, netflow_relay.exporter);
+    let (to_sflow, to_netflow) = (sflow_relay.listen, netflow_relay.listen);
+    let sdir = dir.clone();
+    let spcap = pcap.clone();
+    let sflow = std::thread::spawn(move || export_sflow(&sdir, &spcap, to_sflow));
+    export(Exporter::Softflowd, 9, &dir, &pcap, to_netflow)?;
+    sflow
+        .join()
+        .map_err(|_| anyhow::anyhow!("sfprobe thread panicked"))??;
+    std::thread::sleep(Duration::from_millis(300));
+    let sflow_datagrams = sflow_relay.finish();
+    let netflow_datagrams = netflow_relay.finish();
+    let (summary, log) = fp.stop()?;
+    let ctx = || format!("summary: {summary}\nlog:\n{}", log.join("\n"));
+    ensure!(
+        counter(&summary, "decode_errors") == Some(0),
+        "decode errors; {}",
+        ctx()
+    );
+
+    let (mut want, _, _) = sflow_sums(&dir, &sflow_datagrams, sflow_from)?;
+    let (netflow_port, _) = tshark_sums(&dir, &netflow_datagrams, netflow_from)?;
+    ensure!(
+        netflow_port == expected(&t).0,
+        "softflowd's export differs from the traffic"
+    );
+    for (k, (b, p)) in netflow_port {
+        add(&mut want, k, b, p);
+    }
+    let v_port = valkey_sums(&dest.config, "dst_port")?;
+    ensure!(
+        v_port == want,
+        "Valkey dst_port {v_port:?} != sFlow + NetFlow {want:?}; {}",
+        ctx()
+    );
+    eprintln!(
+        "{name}: {} sFlow and {} NetFlow v9 datagrams through one flowplane; Valkey holds the sum",
+        sflow_datagrams.len(),
+        netflow_datagrams.len()
+    );
+    Ok(())
+}
