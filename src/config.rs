@@ -168,9 +168,9 @@ impl Config {
 /// The settings a hardware profile supplies, as TOML tables (`engine`, `valkey`, `kafka`), for
 /// [`Config::load_with_defaults`].
 ///
-/// `workers` and `worker_cores` go together (see [`LINKED`]): a file that sets either, or
-/// `pin_cores`, keeps its own worker placement. The profile's merger and sink cores are not
-/// applied: the engine does not pin those threads yet (TODO(#4)).
+/// The profile's cores become `workers`, `worker_cores`, `merger_cores`, `sink_cores` and
+/// `merger_shards` (one shard per merger core). They go together (see [`LINKED`]): a file that
+/// sets any of them, or `pin_cores`, keeps its own thread placement.
 pub fn profile_defaults(profile: &Profile) -> toml::Table {
     // Every profile value passed validation, far below i64::MAX.
     let int = |v: u64| toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
@@ -187,6 +187,13 @@ pub fn profile_defaults(profile: &Profile) -> toml::Table {
                 .map(|&c| int(c as u64))
                 .collect(),
         ),
+    );
+    let cores = |v: &[usize]| toml::Value::Array(v.iter().map(|&c| int(c as u64)).collect());
+    engine.insert("merger_cores".into(), cores(&profile.cores.mergers));
+    engine.insert("sink_cores".into(), cores(&profile.cores.sinks));
+    engine.insert(
+        "merger_shards".into(),
+        int(profile.cores.mergers.len().max(1) as u64),
     );
     for (k, v) in [
         ("rcvbuf_bytes", r.rcvbuf_bytes),
@@ -223,8 +230,18 @@ pub fn profile_defaults(profile: &Profile) -> toml::Table {
 
 /// Groups of settings (table, keys) that [`Config::load_with_defaults`] takes all from the file
 /// when the file sets any of them: a profile's `worker_cores` under a file's `workers` would
-/// contradict it.
-pub const LINKED: [(&str, &[&str]); 1] = [("engine", &["workers", "worker_cores", "pin_cores"])];
+/// contradict it, and its `merger_cores` could name a core the file gives a worker.
+pub const LINKED: [(&str, &[&str]); 1] = [(
+    "engine",
+    &[
+        "workers",
+        "worker_cores",
+        "pin_cores",
+        "merger_cores",
+        "sink_cores",
+        "merger_shards",
+    ],
+)];
 
 /// Names a sink's refused setting with its table.
 fn sink_error(table: &'static str) -> impl Fn(SinkConfigError) -> ConfigError {
@@ -524,6 +541,9 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.engine.workers, 5);
         assert_eq!(c.engine.worker_cores, [1, 2, 3, 4, 5]);
+        assert_eq!(c.engine.merger_cores, [6]);
+        assert_eq!(c.engine.sink_cores, [7]);
+        assert_eq!(c.engine.merger_shards, 1);
         assert_eq!(c.engine.uring_buffers, 2_048);
         assert_eq!(c.valkey.sink.max_pipeline_commands, 50_000);
         assert_eq!(c.kafka.sink.topic_partitions, 6);
@@ -533,6 +553,7 @@ mod tests {
             load("[engine]\nworkers = 2\ntable_capacity = 1024\n[kafka]\nlinger_ms = 5\n").unwrap();
         assert_eq!(c.engine.workers, 2);
         assert!(c.engine.worker_cores.is_empty());
+        assert!(c.engine.merger_cores.is_empty() && c.engine.sink_cores.is_empty());
         assert_eq!(c.engine.table_capacity, 1_024);
         assert_eq!(c.engine.rcvbuf_bytes, 33_554_432);
         assert_eq!(c.kafka.sink.linger_ms, 5);
@@ -547,6 +568,16 @@ mod tests {
             e.contains("unknown field `table_capacty`") && e.contains("line 3"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_32_core_profile_shards_the_merge() {
+        let tier32 = flowplane_hwprofiles::profile::by_name("tier-32").unwrap();
+        let c = Config::load_with_defaults(None, &profile_defaults(&tier32)).unwrap();
+        assert_eq!(c.engine.merger_shards, 2);
+        assert_eq!(c.engine.merger_cores, [28, 29]);
+        assert_eq!(c.engine.sink_cores, [30, 31]);
+        assert_eq!(c.engine.workers, 26);
     }
 
     #[test]

@@ -49,6 +49,23 @@ pub struct EngineConfig {
     /// the merger, sinks and the operating system. Ignored when `pin_cores` is false.
     pub worker_cores: Vec<usize>,
 
+    /// Cores for the merger threads, one per merger shard (`merger_shards` of them, distinct,
+    /// none of them a worker core), e.g. `[13]`. Empty (the default) leaves the mergers free to
+    /// run on any core that is not a worker core. Ignored when `pin_cores` is false.
+    pub merger_cores: Vec<usize>,
+
+    /// Cores for the sink threads, taken in turn (sink `i` on `sink_cores[i % len]`; several
+    /// sinks may share a core, none may be a worker core), e.g. `[14, 15]`. Threads a sink
+    /// starts itself (librdkafka's) inherit its core. Empty (the default) leaves the sinks free
+    /// to run on any core that is not a worker core. Ignored when `pin_cores` is false.
+    pub sink_cores: Vec<usize>,
+
+    /// Merger threads. Each merges and scores the keys whose hash falls in its share of the
+    /// hash space; one more thread joins their parts of a window into one batch for the sinks.
+    /// Use more than 1 only where one merger cannot keep up (the 32-core tier). Default: 1.
+    /// Range: 1 to 64.
+    pub merger_shards: usize,
+
     /// Receive buffer requested for each socket (`SO_RCVBUF`), in bytes. The kernel caps it at
     /// `net.core.rmem_max`; flowplane reads the effective size back and warns once when it was
     /// capped. Default: 33554432 (32 MiB). Range: 65536 to 2147483647.
@@ -145,6 +162,9 @@ impl Default for EngineConfig {
                 .max(1),
             pin_cores: true,
             worker_cores: Vec::new(),
+            merger_cores: Vec::new(),
+            sink_cores: Vec::new(),
+            merger_shards: 1,
             rcvbuf_bytes: 32 * 1024 * 1024,
             recv_batch: 64,
             receive: ReceiveBackend::Auto,
@@ -214,6 +234,10 @@ impl EngineConfig {
                 }
             }
         }
+        check_range("merger_shards", self.merger_shards, 1, MAX_MERGER_SHARDS)?;
+        if self.pin_cores {
+            self.check_thread_cores()?;
+        }
         check_range("rcvbuf_bytes", self.rcvbuf_bytes, 65_536, i32::MAX as usize)?;
         check_range("recv_batch", self.recv_batch, 1, 1_024)?;
         check_range("uring_entries", self.uring_entries as usize, 8, 4_096)?;
@@ -268,6 +292,45 @@ impl EngineConfig {
             3_600,
         )?;
         self.decoder.validate()
+    }
+
+    /// `merger_cores` and `sink_cores` against `merger_shards` and the worker cores.
+    fn check_thread_cores(&self) -> Result<(), ConfigError> {
+        if !self.merger_cores.is_empty() && self.merger_cores.len() != self.merger_shards {
+            return Err(ConfigError::new(
+                "merger_cores",
+                format!(
+                    "lists {} cores for {} merger shards (engine.merger_shards); give one core \
+                     per shard or none",
+                    self.merger_cores.len(),
+                    self.merger_shards
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for c in &self.merger_cores {
+            if !seen.insert(c) {
+                return Err(ConfigError::new(
+                    "merger_cores",
+                    format!("core {c} is listed twice"),
+                ));
+            }
+        }
+        for (setting, cores) in [
+            ("merger_cores", &self.merger_cores),
+            ("sink_cores", &self.sink_cores),
+        ] {
+            if let Some(c) = cores.iter().find(|c| self.worker_cores.contains(c)) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "core {c} is also a worker core (engine.worker_cores); nothing else of \
+                         flowplane may run on a worker core"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The parsed dimensions.
@@ -416,6 +479,8 @@ fn check_range(setting: &str, v: usize, lo: usize, hi: usize) -> Result<(), Conf
 
 /// Workers beyond this are surely a typo (the largest tier has 32 cores).
 const MAX_WORKERS: usize = 1_024;
+/// Merger shards beyond this cost more in joining the parts than they save.
+const MAX_MERGER_SHARDS: usize = 64;
 /// Dimensions beyond this would make every window very large.
 const MAX_DIMENSIONS: usize = 64;
 
@@ -518,6 +583,91 @@ mod tests {
         for (c, setting) in cases {
             assert_eq!(c.validate().unwrap_err().setting, setting);
         }
+    }
+
+    #[test]
+    fn refuses_bad_thread_placement() {
+        let base = EngineConfig {
+            workers: 2,
+            worker_cores: vec![2, 3],
+            ..EngineConfig::default()
+        };
+        let cases: Vec<(EngineConfig, &str, &str)> = vec![
+            (
+                EngineConfig {
+                    merger_shards: 0,
+                    ..base.clone()
+                },
+                "merger_shards",
+                "outside the allowed range 1 to 64",
+            ),
+            (
+                EngineConfig {
+                    merger_shards: 65,
+                    ..base.clone()
+                },
+                "merger_shards",
+                "outside",
+            ),
+            (
+                EngineConfig {
+                    merger_shards: 2,
+                    merger_cores: vec![1],
+                    ..base.clone()
+                },
+                "merger_cores",
+                "lists 1 cores for 2 merger shards",
+            ),
+            (
+                EngineConfig {
+                    merger_shards: 2,
+                    merger_cores: vec![1, 1],
+                    ..base.clone()
+                },
+                "merger_cores",
+                "core 1 is listed twice",
+            ),
+            (
+                EngineConfig {
+                    merger_cores: vec![3],
+                    ..base.clone()
+                },
+                "merger_cores",
+                "core 3 is also a worker core",
+            ),
+            (
+                EngineConfig {
+                    sink_cores: vec![0, 2],
+                    ..base.clone()
+                },
+                "sink_cores",
+                "core 2 is also a worker core",
+            ),
+        ];
+        for (c, setting, needle) in cases {
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.setting, setting, "{e}");
+            assert!(e.reason.contains(needle), "{e}");
+        }
+
+        // Accepted: sinks sharing a core with each other and with the merger; and anything
+        // goes when nothing is pinned.
+        EngineConfig {
+            merger_shards: 2,
+            merger_cores: vec![0, 1],
+            sink_cores: vec![0, 0],
+            ..base.clone()
+        }
+        .validate()
+        .unwrap();
+        EngineConfig {
+            pin_cores: false,
+            merger_cores: vec![3, 3, 3],
+            sink_cores: vec![2],
+            ..base
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -18,12 +18,14 @@ pub enum EngineError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// `worker_cores` names a core the process may not run on.
+    /// `worker_cores`, `merger_cores` or `sink_cores` names a core the process may not run on.
     #[error(
-        "invalid setting `engine.worker_cores`: core {core} is not available to this process \
+        "invalid setting `engine.{setting}`: core {core} is not available to this process \
          (available: {available:?})"
     )]
     NoSuchCore {
+        /// The setting that names it (`worker_cores`, `merger_cores`, `sink_cores`).
+        setting: &'static str,
         /// The core asked for.
         core: usize,
         /// The cores the process may use.

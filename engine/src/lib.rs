@@ -13,6 +13,7 @@ mod interfaces;
 pub mod key;
 pub mod merger;
 pub mod output;
+mod placement;
 mod ratelimit;
 pub mod receive;
 mod rx;
@@ -57,9 +58,11 @@ pub struct RunReport {
 /// Runs the data plane until `shutdown` becomes true, then flushes the open window to the
 /// sinks (waiting at most `shutdown_timeout_secs` for them) and returns the final counters.
 ///
-/// Threads: one `fp-worker-N` per worker (pinned when `pin_cores`), one `fp-merger`, and one
-/// `fp-sink-NAME` per sink. `on_ready` is called once every socket is bound, with the bound
-/// addresses, before any datagram is read.
+/// Threads: one `fp-worker-N` per worker, one `fp-merger`, and one `fp-sink-NAME` per sink.
+/// With `pin_cores`, workers, merger and sinks go to their cores and every other thread is kept
+/// off the worker cores (see `placement`): the calling thread's CPU mask is narrowed while the
+/// engine starts its threads and runs, and restored before `run` returns. `on_ready` is called
+/// once every socket is bound, with the bound addresses, before any datagram is read.
 ///
 /// # Errors
 ///
@@ -86,19 +89,27 @@ pub fn run_with(
 ) -> Result<RunReport, EngineError> {
     cfg.validate()?;
     let dims: Arc<[key::Dimension]> = cfg.dimension_specs()?.into();
-    let cores = worker_cores(cfg)?;
+    let placement = placement::plan(cfg)?;
+    let sink_names: Vec<_> = sinks.iter().map(|s| s.name()).collect();
+    placement::log(&placement, &sink_names);
+    let cores = &placement.workers;
     let listeners = rx::open(&cfg.listen, cfg.workers, cfg.rcvbuf_bytes)?;
     let bound = listeners.bound.clone();
     let backend = rx::choose(cfg)?;
+    // Every thread started from here on inherits this mask (restored when `_mask` is dropped,
+    // after every thread has been joined).
+    let _mask = placement::MaskGuard::restrict(&placement.others);
     // Sink drivers first, so the merger has somewhere to hand windows.
     let mut handles = Vec::with_capacity(sinks.len());
     let mut driver_joins = Vec::with_capacity(sinks.len());
-    for s in sinks {
+    for (i, s) in sinks.into_iter().enumerate() {
         let name = s.name();
         let (h, j) =
-            sink_driver::spawn(s, cfg.sink_queue_windows).map_err(|source| EngineError::Spawn {
-                name: format!("fp-sink-{name}"),
-                source,
+            sink_driver::spawn(s, cfg.sink_queue_windows, placement.sink(i)).map_err(|source| {
+                EngineError::Spawn {
+                    name: format!("fp-sink-{name}"),
+                    source,
+                }
             })?;
         handles.push(h);
         driver_joins.push((format!("fp-sink-{name}"), j));
@@ -130,7 +141,9 @@ pub fn run_with(
     let merger_handles = handles.clone();
     let merger_shared = Arc::clone(&shared);
     let stats_every = Duration::from_secs(cfg.stats_interval_secs);
+    let merger_core = placement.mergers.first().copied().flatten();
     let merger_join = spawn("fp-merger".into(), move || {
+        placement::pin_current(merger_core, "fp-merger");
         merger::run_merger(merger, share_rx, merger_handles, merger_shared, stats_every);
     })?;
 
@@ -158,15 +171,7 @@ pub fn run_with(
         let ready = ready_tx.clone();
         let name = format!("fp-worker-{id}");
         let j = spawn(name.clone(), move || {
-            if let Some(c) = core
-                && !core_affinity::set_for_current(c)
-            {
-                warn!(
-                    worker = id,
-                    core = c.id,
-                    "Could not pin the worker to its core."
-                );
-            }
+            placement::pin_current(core, &format!("fp-worker-{id}"));
             let ring = match backend {
                 config::ReceiveBackend::IoUring => match rx::new_uring(&socks, sizes) {
                     Ok(r) => Some(r),
@@ -214,7 +219,7 @@ pub fn run_with(
         info!(
             addr = %a,
             workers = cfg.workers,
-            cores = ?cores.iter().map(|c| c.map(|c| c.id)).collect::<Vec<_>>(),
+            cores = ?cores,
             dimensions = dims.len(),
             "Listening for NetFlow v5/v9, IPFIX and sFlow v5."
         );
@@ -275,36 +280,6 @@ pub fn run_with(
         counters,
         receive: backend,
     })
-}
-
-/// The core of each worker: `Some` when pinning, from `worker_cores` or 1, 2, ... (wrapping
-/// over the available cores, core 0 left to the merger, sinks and the system).
-fn worker_cores(cfg: &EngineConfig) -> Result<Vec<Option<core_affinity::CoreId>>, EngineError> {
-    if !cfg.pin_cores {
-        return Ok(vec![None; cfg.workers]);
-    }
-    let available = core_affinity::get_core_ids().unwrap_or_default();
-    if available.is_empty() {
-        warn!("Cannot read the cores available to the process; workers are not pinned.");
-        return Ok(vec![None; cfg.workers]);
-    }
-    if !cfg.worker_cores.is_empty() {
-        return cfg
-            .worker_cores
-            .iter()
-            .map(|&c| match available.iter().find(|a| a.id == c) {
-                Some(a) => Ok(Some(*a)),
-                None => Err(EngineError::NoSuchCore {
-                    core: c,
-                    available: available.iter().map(|a| a.id).collect(),
-                }),
-            })
-            .collect();
-    }
-    let n = available.len();
-    Ok((0..cfg.workers)
-        .map(|i| Some(available[if n > 1 { 1 + i % (n - 1) } else { 0 }]))
-        .collect())
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {

@@ -104,7 +104,8 @@ impl SinkHandle {
     }
 }
 
-/// Starts the driver thread of `sink` with a queue of `queue_windows` windows.
+/// Starts the driver thread of `sink` with a queue of `queue_windows` windows, pinned to
+/// `core` when one is given (threads the sink starts inherit it).
 ///
 /// # Errors
 ///
@@ -112,6 +113,7 @@ impl SinkHandle {
 pub(crate) fn spawn(
     mut sink: Box<dyn Sink>,
     queue_windows: usize,
+    core: Option<usize>,
 ) -> std::io::Result<(SinkHandle, std::thread::JoinHandle<()>)> {
     let name = sink.name();
     let (tx, rx) = bounded::<Arc<WindowBatch>>(queue_windows.max(1));
@@ -127,7 +129,10 @@ pub(crate) fn spawn(
     };
     let join = std::thread::Builder::new()
         .name(format!("fp-sink-{name}"))
-        .spawn(move || drive(&mut *sink, &rx, &counters, &deadline_ms))?;
+        .spawn(move || {
+            crate::placement::pin_current(core, &format!("fp-sink-{name}"));
+            drive(&mut *sink, &rx, &counters, &deadline_ms);
+        })?;
     Ok((handle, join))
 }
 
@@ -269,7 +274,7 @@ mod tests {
             down: Arc::clone(&down),
             got: Arc::clone(&got),
         };
-        let (h, join) = spawn(Box::new(sink), 3).unwrap();
+        let (h, join) = spawn(Box::new(sink), 3, None).unwrap();
         h.dispatch(batch(1));
         // Let the driver take window 1 and start failing on it.
         while h.counters.send_failures.load(Ordering::Relaxed) == 0 {
@@ -329,7 +334,7 @@ mod tests {
             refuse: 2,
             got: Arc::clone(&got),
         };
-        let (h, join) = spawn(Box::new(sink), 10).unwrap();
+        let (h, join) = spawn(Box::new(sink), 10, None).unwrap();
         for w in 1..=3 {
             h.dispatch(batch(w));
         }
@@ -353,7 +358,7 @@ mod tests {
             down: Arc::new(Mutex::new(true)),
             got: Arc::new(Mutex::new(Vec::new())),
         };
-        let (h, join) = spawn(Box::new(sink), 10).unwrap();
+        let (h, join) = spawn(Box::new(sink), 10, None).unwrap();
         for w in 1..=4 {
             h.dispatch(batch(w));
         }

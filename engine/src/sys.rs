@@ -1,6 +1,7 @@
-//! Every `unsafe` block of the engine: batched receive (`recvmmsg`), `poll`, and the socket
+//! Every `unsafe` block of the engine: batched receive (`recvmmsg`), `poll`, the socket
 //! options that neither `std` nor `socket2` expose (`SO_MEMINFO` for the kernel's drop counter,
-//! `SO_RCVBUFFORCE`).
+//! `SO_RCVBUFFORCE`), and CPU masks of more than one core (`sched_getaffinity`,
+//! `sched_setaffinity`; `core_affinity` only pins to a single core).
 //!
 //! Linux only, like the appliance flowplane runs on.
 //!
@@ -249,6 +250,79 @@ fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// A set of logical CPUs, as the kernel's `cpu_set_t` (CPUs 0 to `CPU_SETSIZE - 1`, 1024).
+#[derive(Clone, Copy)]
+pub(crate) struct CpuSet(libc::cpu_set_t);
+
+impl CpuSet {
+    /// The set of `cores`; numbers at or above `CPU_SETSIZE` are left out (no kernel can run a
+    /// thread there through this interface, so they are never available anyway).
+    pub(crate) fn from_cores(cores: impl IntoIterator<Item = usize>) -> Self {
+        // SAFETY:
+        // - `cpu_set_t` is a plain array of integers; all-zero bytes are the empty set.
+        let mut set: libc::cpu_set_t = unsafe { zeroed() };
+        for c in cores.into_iter().filter(|&c| c < CPU_SETSIZE) {
+            // SAFETY:
+            // - `c < CPU_SETSIZE`, so the bit lies inside `set` (libc indexes the array with a
+            //   bounds check anyway); `set` is a live local borrowed mutably for the call.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        Self(set)
+    }
+
+    /// The CPUs in the set, ascending.
+    pub(crate) fn cores(&self) -> Vec<usize> {
+        (0..CPU_SETSIZE)
+            // SAFETY:
+            // - `c < CPU_SETSIZE`, inside the set; `self.0` is borrowed shared for the call.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &self.0) })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for CpuSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CpuSet").field(&self.cores()).finish()
+    }
+}
+
+/// The CPU mask of the calling thread.
+///
+/// # Errors
+///
+/// What `sched_getaffinity` reported.
+pub(crate) fn thread_affinity() -> io::Result<CpuSet> {
+    let mut set = CpuSet::from_cores([]);
+    // SAFETY:
+    // - pid 0 is the calling thread; `set.0` lives on this stack frame for the call and the
+    //   size passed is its own, so the kernel writes at most that many bytes into it.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set.0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(set)
+}
+
+/// Sets the CPU mask of the calling thread; threads it creates afterwards inherit it.
+///
+/// # Errors
+///
+/// What `sched_setaffinity` reported (`EINVAL` when no CPU of the set is available to the
+/// process).
+pub(crate) fn set_thread_affinity(set: &CpuSet) -> io::Result<()> {
+    // SAFETY:
+    // - pid 0 is the calling thread; `set.0` is borrowed for the call and the size passed is
+    //   its own; the kernel only reads it.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set.0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// CPUs a `cpu_set_t` can name (glibc's and the libc crate's fixed size).
+const CPU_SETSIZE: usize = libc::CPU_SETSIZE as usize;
+
 /// Converts what the kernel wrote into a `sockaddr_storage` to a [`SocketAddr`]. IPv4-mapped
 /// IPv6 senders (a dual-stack socket) come back as IPv4.
 fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -318,6 +392,24 @@ mod tests {
         assert_eq!(got, (0..5u8).map(|i| vec![i; 100]).collect::<Vec<_>>());
         assert_eq!(b.recv(rx.as_raw_fd()).unwrap(), 0, "nothing left: no block");
         assert!(!poll_readable(&[rx.as_raw_fd()], 10).unwrap());
+    }
+
+    #[test]
+    fn cpu_sets_round_trip_and_the_mask_can_be_narrowed_and_restored() {
+        let set = CpuSet::from_cores([0, 3, 64, 5_000]);
+        assert_eq!(set.cores(), [0, 3, 64]);
+
+        // On a thread of its own, so that no other test sees the narrowed mask.
+        std::thread::spawn(|| {
+            let original = thread_affinity().unwrap();
+            let first = original.cores()[0];
+            set_thread_affinity(&CpuSet::from_cores([first])).unwrap();
+            assert_eq!(thread_affinity().unwrap().cores(), [first]);
+            set_thread_affinity(&original).unwrap();
+            assert_eq!(thread_affinity().unwrap().cores(), original.cores());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

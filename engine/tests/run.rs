@@ -42,29 +42,100 @@ fn v5(n: u8, bytes: u32) -> Vec<u8> {
 
 #[test]
 fn every_record_sent_reaches_the_sink_through_io_uring() {
-    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::IoUring);
-    assert_eq!(report, ReceiveBackend::IoUring);
+    let run =
+        every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::IoUring, |_| {});
+    assert_eq!(run.receive, ReceiveBackend::IoUring);
 }
 
 #[test]
 fn every_record_sent_reaches_the_sink_through_recvmmsg() {
-    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Recvmmsg);
-    assert_eq!(report, ReceiveBackend::Recvmmsg);
+    let run =
+        every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Recvmmsg, |_| {});
+    assert_eq!(run.receive, ReceiveBackend::Recvmmsg);
 }
 
 /// `auto` takes io_uring on the kernels this project runs on (Linux 6.x); a kernel without it
 /// would take recvmmsg and say why in the log.
 #[test]
 fn auto_prefers_io_uring() {
-    let report = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Auto);
-    assert_eq!(report, ReceiveBackend::IoUring);
+    let run = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Auto, |_| {});
+    assert_eq!(run.receive, ReceiveBackend::IoUring);
+}
+
+/// This machine has two cores: the worker gets core 1, everything else core 0. While the engine
+/// runs, the calling thread (and so every thread it starts) is kept off the worker core; its
+/// own mask is back when `run` returns.
+#[test]
+fn pinned_threads_keep_off_the_worker_core_and_the_callers_mask_is_restored() {
+    let all = core_ids();
+    if all.len() < 2 {
+        eprintln!("skipped: needs two cores, the process has {all:?}");
+        return;
+    }
+    let (worker, other) = (all[1], all[0]);
+    let run = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Auto, |c| {
+        c.pin_cores = true;
+        c.workers = 1;
+        c.worker_cores = vec![worker];
+        c.merger_cores = vec![other];
+        c.sink_cores = vec![other];
+    });
+    assert_eq!(run.mask_while_running, [other]);
+    assert_eq!(run.mask_before, all);
+    assert_eq!(run.mask_after, all, "restored");
+}
+
+/// A core that is not available is refused, naming the setting, and the mask is untouched.
+#[test]
+fn refuses_a_merger_or_sink_core_that_is_not_available() {
+    for setting in ["merger_cores", "sink_cores"] {
+        let mut cfg = EngineConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            workers: 1,
+            pin_cores: true,
+            ..EngineConfig::default()
+        };
+        let missing = vec![4_000];
+        match setting {
+            "merger_cores" => cfg.merger_cores = missing,
+            _ => cfg.sink_cores = missing,
+        }
+        let before = core_ids();
+        let e = flowplane_engine::run(&cfg, Vec::new(), Arc::new(AtomicBool::new(true)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "invalid setting `engine.{setting}`: core 4000 is not available"
+            )),
+            "{e}"
+        );
+        assert_eq!(core_ids(), before);
+    }
+}
+
+/// The calling thread's CPU mask, as core numbers.
+fn core_ids() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+struct Run {
+    receive: ReceiveBackend,
+    mask_before: Vec<usize>,
+    mask_while_running: Vec<usize>,
+    mask_after: Vec<usize>,
 }
 
 fn every_record_sent_reaches_the_sink_and_shutdown_flushes(
     receive: ReceiveBackend,
-) -> ReceiveBackend {
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Run {
     let got = Arc::new(Mutex::new(Vec::new()));
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         receive,
         listen: vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
         workers: 2,
@@ -73,14 +144,19 @@ fn every_record_sent_reaches_the_sink_and_shutdown_flushes(
         table_capacity: 1_024,
         ..EngineConfig::default()
     };
+    tweak(&mut cfg);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel::<Vec<SocketAddr>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<(Vec<SocketAddr>, Vec<usize>)>();
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Collect(Arc::clone(&got)))];
     let sd = Arc::clone(&shutdown);
     let engine = std::thread::spawn(move || {
-        flowplane_engine::run_with(&cfg, sinks, sd, |b| ready_tx.send(b.to_vec()).unwrap())
+        let before = core_ids();
+        let report = flowplane_engine::run_with(&cfg, sinks, sd, |b| {
+            ready_tx.send((b.to_vec(), core_ids())).unwrap();
+        });
+        (before, report, core_ids())
     });
-    let bound = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (bound, mask_while_running) = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(bound.len(), 2);
 
     // Several exporters (source ports) on both listeners, so both workers get traffic.
@@ -103,7 +179,8 @@ fn every_record_sent_reaches_the_sink_and_shutdown_flushes(
     // Let the workers read, then stop: the open window must be flushed.
     std::thread::sleep(Duration::from_millis(300));
     shutdown.store(true, Ordering::Relaxed);
-    let report = engine.join().unwrap().unwrap();
+    let (mask_before, report, mask_after) = engine.join().unwrap();
+    let report = report.unwrap();
 
     let c = &report.counters;
     assert_eq!(
@@ -135,7 +212,12 @@ fn every_record_sent_reaches_the_sink_and_shutdown_flushes(
     }
     assert_eq!(by_src, sent_bytes);
     assert_eq!(by_port, sent_bytes);
-    report.receive
+    Run {
+        receive: report.receive,
+        mask_before,
+        mask_while_running,
+        mask_after,
+    }
 }
 
 #[test]

@@ -27,16 +27,7 @@ pub(crate) fn run(config_path: Option<&Path>, profile: Option<&str>) -> anyhow::
             profile = %p.name,
             expected_records_per_sec = verdict.records_per_sec,
             limit = %verdict.limit,
-            workers = config.engine.workers,
-            worker_cores = ?config.engine.worker_cores,
             "Hardware profile applied; the configuration file overrides its settings."
-        );
-        // TODO(#4): pin the merger(s) and sink threads once the engine takes their cores.
-        tracing::info!(
-            merger_cores = ?p.cores.mergers,
-            sink_cores = ?p.cores.sinks,
-            "The merger and sink threads are not pinned yet; the profile keeps these cores free \
-             of workers."
         );
         for advice in &verdict.advice {
             tracing::warn!(profile = %p.name, "{advice}");
@@ -49,6 +40,15 @@ pub(crate) fn run(config_path: Option<&Path>, profile: Option<&str>) -> anyhow::
         workers = config.engine.workers,
         dimensions = ?config.engine.dimensions,
         "flowplane starting"
+    );
+    let e = &config.engine;
+    tracing::info!(
+        pin_cores = e.pin_cores,
+        worker_cores = ?e.worker_cores,
+        merger_shards = e.merger_shards,
+        merger_cores = ?e.merger_cores,
+        sink_cores = ?e.sink_cores,
+        "Thread layout (empty core lists: engine defaults; the engine logs the cores it uses)."
     );
 
     let sinks = build_sinks(&config)?;
