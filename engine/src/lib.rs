@@ -1,6 +1,7 @@
 //! The flowplane data plane: receive flow exports over UDP on pinned worker threads, decode
 //! them, aggregate into per-worker tables by 1-second window, merge and score the windows on
-//! one merger thread, and hand them to the sinks, each driven by its own thread.
+//! one merger thread (or several, each owning a share of the keys), and hand them to the sinks,
+//! each driven by its own thread.
 //!
 //! See `docs/architecture.md` for the threads, the window handoff and what is counted where.
 #![deny(unsafe_code)]
@@ -58,7 +59,8 @@ pub struct RunReport {
 /// Runs the data plane until `shutdown` becomes true, then flushes the open window to the
 /// sinks (waiting at most `shutdown_timeout_secs` for them) and returns the final counters.
 ///
-/// Threads: one `fp-worker-N` per worker, one `fp-merger`, and one `fp-sink-NAME` per sink.
+/// Threads: one `fp-worker-N` per worker, one `fp-merger` (with `merger_shards` > 1 also
+/// `fp-merger-1` ... and the `fp-merge-join` collector), and one `fp-sink-NAME` per sink.
 /// With `pin_cores`, workers, merger and sinks go to their cores and every other thread is kept
 /// off the worker cores (see `placement`): the calling thread's CPU mask is narrowed while the
 /// engine starts its threads and runs, and restored before `run` returns. `on_ready` is called
@@ -124,7 +126,8 @@ pub fn run_with(
         returns.push(tx);
         spares.push(rx);
     }
-    let merger = merger::Merger::new(
+    let shards = cfg.merger_shards.max(1);
+    let (merger, followers) = merger::Merger::sharded(
         &merger::MergerConfig {
             workers: cfg.workers,
             table_capacity: cfg.table_capacity,
@@ -133,19 +136,64 @@ pub fn run_with(
             zscore_threshold: cfg.zscore_threshold,
             zscore_min_windows: cfg.zscore_min_windows,
             zscore_max_keys: cfg.zscore_max_keys,
+            shards,
         },
         Arc::clone(&dims),
         returns,
     );
-    let shared = Arc::new(Mutex::new(CountersSnapshot::default()));
+    // One counter snapshot per merger shard; `merger::combine` adds them up.
+    let shared = Arc::new(Mutex::new(vec![CountersSnapshot::default(); shards]));
+    let stats_every = Duration::from_secs(cfg.stats_interval_secs);
+    let mut merger_joins = Vec::with_capacity(shards + 1);
+    // Several shards: each sends its part of every window to the collector, which joins them.
+    let output = if shards > 1 {
+        let mut part_txs = Vec::with_capacity(shards);
+        let mut part_rxs = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = unbounded();
+            part_txs.push(tx);
+            part_rxs.push(rx);
+        }
+        let collector_handles = handles.clone();
+        let core = placement.mergers.last().copied().flatten();
+        let name = "fp-merge-join".to_owned();
+        let j = spawn(name.clone(), move || {
+            placement::pin_current(core, "fp-merge-join");
+            merger::run_collector(part_rxs, collector_handles);
+        })?;
+        merger_joins.push((name, j));
+        let mut part_txs = part_txs.into_iter();
+        let to_collector = part_txs.next();
+        for ((shard, (f, rx)), out) in (1..).zip(followers).zip(part_txs) {
+            let core = placement.mergers.get(shard).copied().flatten();
+            let shared = Arc::clone(&shared);
+            let name = format!("fp-merger-{shard}");
+            let thread = name.clone();
+            let j = spawn(name.clone(), move || {
+                placement::pin_current(core, &thread);
+                merger::run_follower(f, shard, rx, out, shared);
+            })?;
+            merger_joins.push((name, j));
+        }
+        to_collector.map_or(merger::Output::Sinks, merger::Output::Collector)
+    } else {
+        merger::Output::Sinks
+    };
     let merger_handles = handles.clone();
     let merger_shared = Arc::clone(&shared);
-    let stats_every = Duration::from_secs(cfg.stats_interval_secs);
     let merger_core = placement.mergers.first().copied().flatten();
-    let merger_join = spawn("fp-merger".into(), move || {
+    let j = spawn("fp-merger".into(), move || {
         placement::pin_current(merger_core, "fp-merger");
-        merger::run_merger(merger, share_rx, merger_handles, merger_shared, stats_every);
+        merger::run_merger(
+            merger,
+            share_rx,
+            output,
+            merger_handles,
+            merger_shared,
+            stats_every,
+        );
     })?;
+    merger_joins.push(("fp-merger".into(), j));
 
     // Workers, each with its own sockets, decoder and tables.
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,10 +289,11 @@ pub fn run_with(
             first_err.get_or_insert(EngineError::ThreadPanicked { name });
         }
     }
-    if merger_join.join().is_err() {
-        first_err.get_or_insert(EngineError::ThreadPanicked {
-            name: "fp-merger".into(),
-        });
+    // Shard 0 first: when it returns, the other shards and then the collector follow.
+    for (name, j) in merger_joins.into_iter().rev() {
+        if j.join().is_err() {
+            first_err.get_or_insert(EngineError::ThreadPanicked { name });
+        }
     }
     let deadline = merger::unix_ms() + cfg.shutdown_timeout_secs * 1000;
     for h in &handles {
@@ -269,7 +318,10 @@ pub fn run_with(
         return Err(e);
     }
 
-    let mut counters = shared.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut counters = shared
+        .lock()
+        .map(|s| merger::combine(&s))
+        .unwrap_or_default();
     counters.sinks = sink_counters
         .iter()
         .map(|(name, c)| c.snapshot(name, 0))

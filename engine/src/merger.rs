@@ -26,16 +26,52 @@
 //! For each dimension the merged table's keys are rendered (`|`-joined text and fields),
 //! scored against their baseline ([`crate::zscore`]), and sorted by scaled bytes, largest
 //! first (ties by key text, so the order is deterministic). The table's overflow entry goes
-//! out as [`DimensionWindow::overflow`]. The merged tables are sized for every worker's table
-//! being full at once (`next_power_of_two(workers · table_capacity)` slots), so merging cannot
-//! overflow; if it did, it would be counted (`merge_overflow`).
+//! out as [`DimensionWindow::overflow`]. Alerts are sorted by score, highest first (ties by
+//! dimension and key). The merged tables are sized for every worker's table being full at once
+//! (`next_power_of_two(workers · table_capacity)` slots), so merging cannot overflow; if it
+//! did, it would be counted (`merge_overflow`).
+//!
+//! # Sharded merge (`merger_shards` > 1)
+//!
+//! Where one thread cannot merge and score every key of a window within the second, the key
+//! space is split by the tables' own key hash ([`crate::table::shard_of`]: stable across
+//! threads and runs) over `S` shards, each on its own thread. The workers are not involved:
+//! they send their shares to shard 0 exactly as with one merger.
+//!
+//! * **Shard 0 coordinates.** It takes every share, counts the worker counters, exporter
+//!   errors and late shares (so nothing is counted twice), wraps the table set in an `Arc` and
+//!   forwards it to shards 1 to `S - 1` (one crossbeam channel each) before merging its own
+//!   keys. It alone keeps the watermarks and decides when a window closes (complete or at its
+//!   grace deadline); it then sends `Close(W)` down the same channels. Because a follower sees
+//!   the forwarded shares and the closes in the order shard 0 sent them, every shard merges
+//!   exactly the same shares into each window, and a late share is late for all of them.
+//! * **Each shard merges and scores only its keys**: its merged tables take only the keys
+//!   whose hash falls in its shard (sized `next_power_of_two(2 · workers · table_capacity /
+//!   S)`: twice the even split, as headroom for an uneven one; a spill is still counted), and
+//!   it keeps its own Z-score store of `zscore_max_keys / S` keys (rounded up). Only shard 0
+//!   takes the workers' table overflow entries.
+//! * **The table set goes back to its worker when the last shard is done with it**: every
+//!   shard drops its `Arc` after merging, and the one that held the last reference clears the
+//!   set and sends it back. The worker's bound of [`crate::worker::MAX_SETS_PER_WORKER`] sets
+//!   and its merger-behind accounting are unchanged: a slow shard holds sets back exactly as a
+//!   slow single merger would.
+//! * **A collector thread joins the parts.** Each shard sends its part of every closed window
+//!   (entries sorted as above, alerts sorted) to the collector, in window order; the collector
+//!   takes one part from each shard, concatenates the entries of each dimension and re-sorts
+//!   them (a stable sort over `S` sorted runs, which is a merge), adds up the overflow entries,
+//!   merges the alerts, and hands the batch to the sink drivers in window order. The result is
+//!   the batch one merger would have produced.
+//!
+//! Counters keep their meaning: `windows_closed` and the other window counters count windows
+//! (shard 0's), `keys_emitted`, `merge_overflow`, `alerts` and the Z-score key counts are added
+//! up over the shards.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::counters::{
     CountersSnapshot, ExporterErrorMap, WorkerCounters, WorkerTotals, errors_by_kind,
@@ -64,25 +100,24 @@ pub struct MergerConfig {
     pub zscore_threshold: f64,
     /// Windows of history before a key can alert.
     pub zscore_min_windows: usize,
-    /// Keys with a baseline.
+    /// Keys with a baseline (all shards together).
     pub zscore_max_keys: usize,
+    /// Merger shards (at least 1).
+    pub shards: usize,
 }
 
-/// Merge and score state. Driven by [`run_merger`], or directly by tests.
+/// Merge and score state of shard 0, which also coordinates the other shards (see the module
+/// docs). Driven by [`run_merger`], or directly by tests.
 #[derive(Debug)]
 pub struct Merger {
-    dims: Arc<[Dimension]>,
-    merged_capacity: usize,
+    state: ShardState,
+    followers: Vec<Sender<FollowerMsg>>,
     grace_ms: u64,
-    threshold: f64,
 
     watermarks: Vec<Option<u64>>,
     done: Vec<bool>,
-    pending: BTreeMap<u64, Vec<Table>>,
-    pool: Vec<Vec<Table>>,
     returns: Vec<Sender<TableSet>>,
     closed_up_to: Option<u64>,
-    zscore: ZScore,
 
     totals: WorkerCounters,
     interfaces: InterfaceRates,
@@ -92,6 +127,7 @@ pub struct Merger {
     late_log: RateLimit,
 }
 
+/// Window bookkeeping, counted by shard 0 only.
 #[derive(Clone, Copy, Debug, Default)]
 struct MergerStats {
     last_window: u64,
@@ -99,37 +135,56 @@ struct MergerStats {
     windows_closed_incomplete: u64,
     late_shares: u64,
     late_records: u64,
-    keys_emitted: u64,
-    merge_overflow: u64,
-    alerts: u64,
 }
 
 impl Merger {
-    /// A merger for `dims`; `returns[i]` sends table sets back to worker `i`.
+    /// A single merger (`merger_shards = 1`) for `dims`; `returns[i]` sends table sets back to
+    /// worker `i`. `cfg.shards` is ignored: see [`Merger::sharded`].
     pub fn new(cfg: &MergerConfig, dims: Arc<[Dimension]>, returns: Vec<Sender<TableSet>>) -> Self {
-        let merged_capacity = cfg
-            .table_capacity
-            .saturating_mul(cfg.workers.max(1))
-            .checked_next_power_of_two()
-            .unwrap_or(1 << 30)
-            .clamp(16, 1 << 30);
+        let one = MergerConfig {
+            shards: 1,
+            ..cfg.clone()
+        };
+        Self::with_followers(&one, dims, returns, Vec::new())
+    }
+
+    /// Shard 0 and the `cfg.shards - 1` followers it forwards shares and closes to, each with
+    /// the receiving end of its channel.
+    pub(crate) fn sharded(
+        cfg: &MergerConfig,
+        dims: Arc<[Dimension]>,
+        returns: Vec<Sender<TableSet>>,
+    ) -> (Self, Vec<(Follower, Receiver<FollowerMsg>)>) {
+        let shards = cfg.shards.max(1);
+        let mut senders = Vec::with_capacity(shards - 1);
+        let mut followers = Vec::with_capacity(shards - 1);
+        for shard in 1..shards {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            senders.push(tx);
+            let f = Follower {
+                state: ShardState::new(cfg, Arc::clone(&dims), shard),
+                returns: returns.clone(),
+            };
+            followers.push((f, rx));
+        }
+        let m = Self::with_followers(cfg, dims, returns, senders);
+        (m, followers)
+    }
+
+    fn with_followers(
+        cfg: &MergerConfig,
+        dims: Arc<[Dimension]>,
+        returns: Vec<Sender<TableSet>>,
+        followers: Vec<Sender<FollowerMsg>>,
+    ) -> Self {
         Self {
-            dims,
-            merged_capacity,
+            state: ShardState::new(cfg, dims, 0),
+            followers,
             grace_ms: cfg.grace_ms,
-            threshold: cfg.zscore_threshold,
             watermarks: vec![None; cfg.workers],
             done: vec![false; cfg.workers],
-            pending: BTreeMap::new(),
-            pool: Vec::new(),
             returns,
             closed_up_to: None,
-            zscore: ZScore::new(
-                cfg.zscore_windows,
-                cfg.zscore_threshold,
-                cfg.zscore_min_windows,
-                cfg.zscore_max_keys,
-            ),
             totals: WorkerCounters::default(),
             interfaces: InterfaceRates::default(),
             counters_out: Vec::new(),
@@ -139,8 +194,9 @@ impl Merger {
         }
     }
 
-    /// Takes one worker's share of a window: merges it (or counts it as late) and sends the
-    /// table set back to the worker.
+    /// Takes one worker's share of a window: merges it (or counts it as late), forwards it to
+    /// the other shards, and sends the table set back to the worker once every shard is done
+    /// with it.
     pub fn on_share(&mut self, share: WindowShare) {
         let WindowShare {
             worker,
@@ -151,7 +207,7 @@ impl Merger {
         } = share;
         self.totals.add(&counters);
 
-        if let Some(mut set) = set {
+        if let Some(set) = set {
             for (exporter, errors) in &set.exporter_errors {
                 self.exporter_errors.add(*exporter, errors);
             }
@@ -174,13 +230,21 @@ impl Merger {
                          (raise engine.merge_grace_ms if workers are slow)"
                     );
                 }
+                // Not forwarded: the other shards closed the window too (or will, before they
+                // would see this share).
+                release(Arc::new(set), worker, &self.returns);
             } else {
-                self.merge(window, &set);
-            }
-            set.clear();
-            if let Some(tx) = self.returns.get(worker) {
-                // A worker that has stopped no longer needs spares.
-                let _ = tx.send(set);
+                let set = Arc::new(set);
+                for f in &self.followers {
+                    // A follower is gone only when its thread died; the engine reports that.
+                    let _ = f.send(FollowerMsg::Merge {
+                        worker,
+                        window,
+                        set: Arc::clone(&set),
+                    });
+                }
+                self.state.merge(window, &set);
+                release(set, worker, &self.returns);
             }
         }
 
@@ -192,11 +256,29 @@ impl Merger {
         }
     }
 
-    /// Closes every window that is complete or past its grace deadline at `now_ms`, in order.
+    /// Closes every window that is complete or past its grace deadline at `now_ms`, in order,
+    /// and returns the batches. For a merger with followers the batches hold only shard 0's
+    /// keys; the engine joins the parts with the collector instead (see the module docs).
     pub fn poll(&mut self, now_ms: u64) -> Vec<WindowBatch> {
+        self.poll_parts(now_ms)
+            .into_iter()
+            .filter_map(|p| assemble(vec![p]))
+            .collect()
+    }
+
+    /// Closes every pending window regardless of completeness (shutdown). As [`Merger::poll`].
+    pub fn flush(&mut self) -> Vec<WindowBatch> {
+        self.flush_parts()
+            .into_iter()
+            .filter_map(|p| assemble(vec![p]))
+            .collect()
+    }
+
+    /// [`Merger::poll`], giving shard 0's part of each window.
+    pub(crate) fn poll_parts(&mut self, now_ms: u64) -> Vec<Part> {
         let min_wm = self.min_watermark();
         let mut out = Vec::new();
-        while let Some((&w, _)) = self.pending.first_key_value() {
+        while let Some((&w, _)) = self.state.pending.first_key_value() {
             let complete = min_wm.is_some_and(|m| m >= w);
             let deadline = (w + 1).saturating_mul(1000).saturating_add(self.grace_ms);
             if !complete && now_ms < deadline {
@@ -209,9 +291,7 @@ impl Merger {
                     "window closed at its grace deadline without every worker"
                 );
             }
-            if let Some(b) = self.close(w) {
-                out.push(b);
-            }
+            out.push(self.close(w));
         }
         if let Some(m) = min_wm {
             self.closed_up_to = Some(self.closed_up_to.map_or(m, |c| c.max(m)));
@@ -219,13 +299,11 @@ impl Merger {
         out
     }
 
-    /// Closes every pending window regardless of completeness (shutdown).
-    pub fn flush(&mut self) -> Vec<WindowBatch> {
+    /// [`Merger::flush`], giving shard 0's part of each window.
+    pub(crate) fn flush_parts(&mut self) -> Vec<Part> {
         let mut out = Vec::new();
-        while let Some((&w, _)) = self.pending.first_key_value() {
-            if let Some(b) = self.close(w) {
-                out.push(b);
-            }
+        while let Some((&w, _)) = self.state.pending.first_key_value() {
+            out.push(self.close(w));
         }
         out
     }
@@ -235,9 +313,11 @@ impl Merger {
         self.done.iter().all(|&d| d)
     }
 
-    /// The counters as of now (sink counters are filled in by the caller).
+    /// The counters as of now: the workers', the window bookkeeping and shard 0's merge and
+    /// Z-score counts (sink counters are filled in by the caller, the other shards' counts are
+    /// added by [`combine`]).
     pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
+        let mut s = CountersSnapshot {
             last_window: self.stats.last_window,
             workers: WorkerTotals::from(&self.totals),
             decode_errors: errors_by_kind(&self.totals.decode_errors),
@@ -246,14 +326,11 @@ impl Merger {
             windows_closed_incomplete: self.stats.windows_closed_incomplete,
             late_shares: self.stats.late_shares,
             late_records: self.stats.late_records,
-            keys_emitted: self.stats.keys_emitted,
-            merge_overflow: self.stats.merge_overflow,
-            alerts: self.stats.alerts,
-            zscore_keys: self.zscore.tracked() as u64,
-            zscore_keys_untracked: self.zscore.untracked(),
             interfaces_untracked: self.interfaces.untracked(),
-            sinks: Vec::new(),
-        }
+            ..CountersSnapshot::default()
+        };
+        self.state.add_counts(&mut s);
+        s
     }
 
     /// Lowest watermark over the workers still running; `None` while some worker has not
@@ -271,30 +348,212 @@ impl Merger {
         Some(min.unwrap_or(u64::MAX))
     }
 
-    fn merge(&mut self, window: u64, set: &TableSet) {
-        let tables = match self.pending.entry(window) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let fresh = self.pool.pop().unwrap_or_else(|| {
-                    self.dims
-                        .iter()
-                        .map(|d| Table::new(self.merged_capacity, d.key_len()))
-                        .collect()
-                });
-                e.insert(fresh)
-            }
-        };
-        for (merged, t) in tables.iter_mut().zip(&set.tables) {
-            self.stats.merge_overflow += merged.merge_from(t);
+    fn close(&mut self, w: u64) -> Part {
+        for f in &self.followers {
+            let _ = f.send(FollowerMsg::Close(w));
         }
-    }
-
-    fn close(&mut self, w: u64) -> Option<WindowBatch> {
-        let mut tables = self.pending.remove(&w)?;
-        self.zscore.begin_window(w);
         self.stats.windows_closed += 1;
         self.stats.last_window = w;
         self.closed_up_to = Some(self.closed_up_to.map_or(w, |c| c.max(w)));
+        let mut part = self.state.close(w);
+        // Counter samples are not sharded: shard 0 carries all of them.
+        part.counters = std::mem::take(&mut self.counters_out);
+        part
+    }
+}
+
+/// What shard 0 sends the other shards, in order.
+#[derive(Debug)]
+pub(crate) enum FollowerMsg {
+    /// Merge this worker's share of `window` (the shard's keys of it).
+    Merge {
+        worker: usize,
+        window: u64,
+        set: Arc<TableSet>,
+    },
+    /// Close `window` and send its part to the collector.
+    Close(u64),
+}
+
+/// A shard other than 0: merges and scores its keys as shard 0 tells it.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    state: ShardState,
+    returns: Vec<Sender<TableSet>>,
+}
+
+impl Follower {
+    /// Handles one message; a close gives the shard's part of the window.
+    pub(crate) fn on_msg(&mut self, msg: FollowerMsg) -> Option<Part> {
+        match msg {
+            FollowerMsg::Merge {
+                worker,
+                window,
+                set,
+            } => {
+                self.state.merge(window, &set);
+                release(set, worker, &self.returns);
+                None
+            }
+            FollowerMsg::Close(w) => Some(self.state.close(w)),
+        }
+    }
+
+    /// The shard's merge and Z-score counts.
+    pub(crate) fn snapshot(&self) -> CountersSnapshot {
+        let mut s = CountersSnapshot::default();
+        self.state.add_counts(&mut s);
+        s
+    }
+}
+
+/// One shard's part of one closed window.
+#[derive(Debug)]
+pub(crate) struct Part {
+    window: u64,
+    dimensions: Vec<DimensionWindow>,
+    alerts: Vec<Alert>,
+    /// Interface counter samples (shard 0 only).
+    counters: Vec<InterfaceCounters>,
+}
+
+/// Joins the shards' parts of one window (in shard order, all of the same window) into the
+/// batch for the sinks; `None` when there is no part.
+pub(crate) fn assemble(parts: Vec<Part>) -> Option<WindowBatch> {
+    let several = parts.len() > 1;
+    let mut parts = parts.into_iter();
+    let first = parts.next()?;
+    let mut batch = WindowBatch {
+        window_start: first.window,
+        dimensions: first.dimensions,
+        alerts: first.alerts,
+        counters: first.counters,
+    };
+    for p in parts {
+        for (dw, pw) in batch.dimensions.iter_mut().zip(p.dimensions) {
+            dw.entries.extend(pw.entries);
+            dw.overflow.add(&pw.overflow);
+        }
+        batch.alerts.extend(p.alerts);
+        batch.counters.extend(p.counters);
+    }
+    if several {
+        // Each part is sorted: the stable sort finds the runs and merges them.
+        for dw in &mut batch.dimensions {
+            dw.entries.sort_by(entry_order);
+        }
+        batch.alerts.sort_by(alert_order);
+    }
+    for a in batch.alerts.iter().take(ALERTS_LOGGED_PER_WINDOW) {
+        info!(
+            dimension = %a.dimension, key = %a.key, window = batch.window_start,
+            bytes = a.value, mean = a.mean, stddev = a.stddev, score = a.score, "Z-score alert"
+        );
+    }
+    Some(batch)
+}
+
+/// Adds the merge and Z-score counts of the other shards' snapshots to shard 0's (the first).
+pub(crate) fn combine(shards: &[CountersSnapshot]) -> CountersSnapshot {
+    let mut out = shards.first().cloned().unwrap_or_default();
+    for s in shards.iter().skip(1) {
+        out.keys_emitted += s.keys_emitted;
+        out.merge_overflow += s.merge_overflow;
+        out.alerts += s.alerts;
+        out.zscore_keys += s.zscore_keys;
+        out.zscore_keys_untracked += s.zscore_keys_untracked;
+    }
+    out
+}
+
+/// The merge and score state of one shard.
+#[derive(Debug)]
+struct ShardState {
+    shard: usize,
+    shards: usize,
+    dims: Arc<[Dimension]>,
+    merged_capacity: usize,
+    threshold: f64,
+
+    pending: BTreeMap<u64, Vec<Table>>,
+    pool: Vec<Vec<Table>>,
+    zscore: ZScore,
+
+    keys_emitted: u64,
+    merge_overflow: u64,
+    alerts: u64,
+}
+
+impl ShardState {
+    fn new(cfg: &MergerConfig, dims: Arc<[Dimension]>, shard: usize) -> Self {
+        let shards = cfg.shards.max(1);
+        // One shard: room for every worker table full at once. Several: twice the even split
+        // (see the module docs).
+        let slots = cfg.table_capacity.saturating_mul(cfg.workers.max(1));
+        let slots = if shards == 1 {
+            slots
+        } else {
+            slots.saturating_mul(2).div_ceil(shards)
+        };
+        let merged_capacity = slots
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 30)
+            .clamp(16, 1 << 30);
+        Self {
+            shard,
+            shards,
+            dims,
+            merged_capacity,
+            threshold: cfg.zscore_threshold,
+            pending: BTreeMap::new(),
+            pool: Vec::new(),
+            zscore: ZScore::new(
+                cfg.zscore_windows,
+                cfg.zscore_threshold,
+                cfg.zscore_min_windows,
+                cfg.zscore_max_keys.div_ceil(shards),
+            ),
+            keys_emitted: 0,
+            merge_overflow: 0,
+            alerts: 0,
+        }
+    }
+
+    fn merge(&mut self, window: u64, set: &TableSet) {
+        let (shard, shards) = (self.shard, self.shards);
+        let tables = self.tables(window);
+        let mut spilled = 0;
+        for (merged, t) in tables.iter_mut().zip(&set.tables) {
+            spilled += merged.merge_shard_from(t, shard, shards, shard == 0);
+        }
+        self.merge_overflow += spilled;
+    }
+
+    /// The merged tables of `window`, created (from the pool when it has a set) if needed.
+    fn tables(&mut self, window: u64) -> &mut Vec<Table> {
+        let Self {
+            pending,
+            pool,
+            dims,
+            merged_capacity,
+            ..
+        } = self;
+        pending.entry(window).or_insert_with(|| {
+            pool.pop().unwrap_or_else(|| {
+                dims.iter()
+                    .map(|d| Table::new(*merged_capacity, d.key_len()))
+                    .collect()
+            })
+        })
+    }
+
+    /// Renders, scores and sorts the shard's keys of `w`. A window the shard has no tables for
+    /// (none of its shares reached it) gives empty dimensions, so that every shard has a part
+    /// of every closed window.
+    fn close(&mut self, w: u64) -> Part {
+        self.tables(w);
+        let mut tables = self.pending.remove(&w).unwrap_or_default();
+        self.zscore.begin_window(w);
 
         // Render every key and queue its bytes for the Z-score; remember which (dimension,
         // entry) each observation was, then score the whole window in one pass.
@@ -341,44 +600,90 @@ impl Merger {
             })
             .collect();
         for dw in &mut dimensions {
-            dw.entries.sort_by(|a, b| {
-                b.totals
-                    .bytes
-                    .cmp(&a.totals.bytes)
-                    .then_with(|| a.key.cmp(&b.key))
-            });
-            self.stats.keys_emitted += dw.entries.len() as u64;
+            dw.entries.sort_by(entry_order);
+            self.keys_emitted += dw.entries.len() as u64;
         }
         self.pool.push(tables);
 
-        alerts.sort_by(|a, b| b.score.total_cmp(&a.score));
-        self.stats.alerts += alerts.len() as u64;
-        for a in alerts.iter().take(ALERTS_LOGGED_PER_WINDOW) {
-            info!(
-                dimension = %a.dimension, key = %a.key, window = w, bytes = a.value,
-                mean = a.mean, stddev = a.stddev, score = a.score, "Z-score alert"
-            );
-        }
-        Some(WindowBatch {
-            window_start: w,
+        alerts.sort_by(alert_order);
+        self.alerts += alerts.len() as u64;
+        Part {
+            window: w,
             dimensions,
             alerts,
-            counters: std::mem::take(&mut self.counters_out),
-        })
+            counters: Vec::new(),
+        }
+    }
+
+    fn add_counts(&self, s: &mut CountersSnapshot) {
+        s.keys_emitted += self.keys_emitted;
+        s.merge_overflow += self.merge_overflow;
+        s.alerts += self.alerts;
+        s.zscore_keys += self.zscore.tracked() as u64;
+        s.zscore_keys_untracked += self.zscore.untracked();
     }
 }
 
-/// The merger thread: takes shares, closes windows, feeds the sink drivers, publishes the
-/// counters once per window and logs the summary every `stats_interval`. Returns after every
-/// worker has sent its last share (or all workers are gone), once the last windows have been
-/// handed to the sinks.
+/// Largest scaled bytes first, ties by key text.
+fn entry_order(a: &AggEntry, b: &AggEntry) -> std::cmp::Ordering {
+    b.totals
+        .bytes
+        .cmp(&a.totals.bytes)
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// Highest score first, ties by dimension and key.
+fn alert_order(a: &Alert, b: &Alert) -> std::cmp::Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then_with(|| a.dimension.cmp(&b.dimension))
+        .then_with(|| a.key.cmp(&b.key))
+}
+
+/// Drops one shard's hold on a worker's table set; the last holder clears it and sends it back
+/// to the worker.
+fn release(set: Arc<TableSet>, worker: usize, returns: &[Sender<TableSet>]) {
+    let Some(mut set) = Arc::into_inner(set) else {
+        return;
+    };
+    set.clear();
+    if let Some(tx) = returns.get(worker) {
+        // A worker that has stopped no longer needs spares.
+        let _ = tx.send(set);
+    }
+}
+
+/// Where shard 0 sends what it closes.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// One shard: straight to the sink drivers.
+    Sinks,
+    /// Several: its parts to the collector.
+    Collector(Sender<Part>),
+}
+
+/// The merger thread (shard 0): takes shares, closes windows, hands them on (see [`Output`]),
+/// publishes its counters once per window into `shared[0]` and logs the summary of all shards
+/// every `stats_interval`. Returns after every worker has sent its last share (or all workers
+/// are gone), once the last windows have been handed on; dropping `m` then lets the followers
+/// finish.
 pub(crate) fn run_merger(
     mut m: Merger,
     rx: Receiver<WindowShare>,
+    out: Output,
     sinks: Vec<SinkHandle>,
-    shared: Arc<Mutex<CountersSnapshot>>,
+    shared: Arc<Mutex<Vec<CountersSnapshot>>>,
     stats_interval: Duration,
 ) {
+    let emit = |parts: Vec<Part>| match &out {
+        Output::Sinks => dispatch(&sinks, parts.into_iter().filter_map(|p| assemble(vec![p]))),
+        Output::Collector(tx) => {
+            for p in parts {
+                // The collector is gone only when a shard died; the engine reports that.
+                let _ = tx.send(p);
+            }
+        }
+    };
     let mut next_stats = Instant::now() + stats_interval;
     loop {
         match rx.recv_timeout(TICK) {
@@ -393,30 +698,71 @@ pub(crate) fn run_merger(
             break;
         }
 
-        let batches = m.poll(unix_ms());
-        let closed = !batches.is_empty();
-        dispatch(&sinks, batches);
+        let parts = m.poll_parts(unix_ms());
+        let closed = !parts.is_empty();
+        emit(parts);
         if closed || Instant::now() >= next_stats {
-            publish(&m, &sinks, &shared);
+            publish(0, m.snapshot(), &shared);
         }
         if Instant::now() >= next_stats {
             next_stats = Instant::now() + stats_interval;
-            if let Ok(s) = shared.lock() {
-                info!("{}", s.summary());
-            }
+            info!("{}", summary(&shared, &sinks));
         }
     }
 
-    let batches = m.flush();
-    dispatch(&sinks, batches);
-    publish(&m, &sinks, &shared);
-    if let Ok(s) = shared.lock() {
-        info!("final: {}", s.summary());
-    }
-    // Dropping the handles disconnects the drivers once they have drained their queues.
+    emit(m.flush_parts());
+    publish(0, m.snapshot(), &shared);
+    info!("final: {}", summary(&shared, &sinks));
+    // Dropping the handles disconnects the drivers once they have drained their queues;
+    // dropping `m` disconnects the followers.
 }
 
-fn dispatch(sinks: &[SinkHandle], batches: Vec<WindowBatch>) {
+/// A follower shard's thread: merges and closes as shard 0 says, sends its parts to the
+/// collector and publishes its counts into `shared[shard]`. Returns when shard 0 is gone.
+pub(crate) fn run_follower(
+    mut f: Follower,
+    shard: usize,
+    rx: Receiver<FollowerMsg>,
+    out: Sender<Part>,
+    shared: Arc<Mutex<Vec<CountersSnapshot>>>,
+) {
+    while let Ok(msg) = rx.recv() {
+        if let Some(part) = f.on_msg(msg) {
+            let _ = out.send(part);
+            publish(shard, f.snapshot(), &shared);
+        }
+    }
+    publish(shard, f.snapshot(), &shared);
+}
+
+/// The collector thread: takes one part of each window from every shard, joins them and
+/// hands the batch to the sink drivers, in window order. Returns when a shard is gone (after
+/// the last window, or when one died).
+pub(crate) fn run_collector(parts: Vec<Receiver<Part>>, sinks: Vec<SinkHandle>) {
+    loop {
+        let mut window = Vec::with_capacity(parts.len());
+        for rx in &parts {
+            match rx.recv() {
+                Ok(p) => window.push(p),
+                Err(_) => return,
+            }
+        }
+        // Every shard closes the windows shard 0 closes, in its order (see the module docs).
+        if let Some(first) = window.first()
+            && let Some(odd) = window.iter().find(|p| p.window != first.window)
+        {
+            error!(
+                window = first.window,
+                other = odd.window,
+                "merger shards out of step; window dropped (a bug: please report it)"
+            );
+            continue;
+        }
+        dispatch(&sinks, assemble(window));
+    }
+}
+
+fn dispatch(sinks: &[SinkHandle], batches: impl IntoIterator<Item = WindowBatch>) {
     for b in batches {
         let b = Arc::new(b);
         for s in sinks {
@@ -425,12 +771,19 @@ fn dispatch(sinks: &[SinkHandle], batches: Vec<WindowBatch>) {
     }
 }
 
-fn publish(m: &Merger, sinks: &[SinkHandle], shared: &Mutex<CountersSnapshot>) {
-    let mut snap = m.snapshot();
-    snap.sinks = sinks.iter().map(SinkHandle::snapshot).collect();
-    if let Ok(mut s) = shared.lock() {
-        *s = snap;
+fn publish(shard: usize, snap: CountersSnapshot, shared: &Mutex<Vec<CountersSnapshot>>) {
+    if let Ok(mut s) = shared.lock()
+        && let Some(slot) = s.get_mut(shard)
+    {
+        *slot = snap;
     }
+}
+
+/// The summary line of every shard's counters with the sinks'.
+fn summary(shared: &Mutex<Vec<CountersSnapshot>>, sinks: &[SinkHandle]) -> String {
+    let mut snap = shared.lock().map(|s| combine(&s)).unwrap_or_default();
+    snap.sinks = sinks.iter().map(SinkHandle::snapshot).collect();
+    snap.summary()
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
@@ -452,8 +805,8 @@ mod tests {
     use flowplane_decoders::DecoderLimits;
 
     use super::*;
-    use crate::worker::Worker;
-    use crate::worker::tests::{dims, v5};
+    use crate::worker::tests::{V5Rec, dims, v5};
+    use crate::worker::{MAX_SETS_PER_WORKER, Worker};
 
     fn cfg(workers: usize) -> MergerConfig {
         MergerConfig {
@@ -464,6 +817,7 @@ mod tests {
             zscore_threshold: 3.0,
             zscore_min_windows: 5,
             zscore_max_keys: 64,
+            shards: 1,
         }
     }
 
@@ -631,5 +985,193 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].window_start, 30);
         assert_eq!(batches[0].dimensions[0].entries[0].totals.bytes, 1_234);
+    }
+
+    /// Shards 0 to S-1 driven in one thread: shard 0 takes the shares, then each follower
+    /// drains its channel, then the parts of each window are joined, as the collector does.
+    struct ShardedRig {
+        workers: Vec<Worker>,
+        shares: Receiver<WindowShare>,
+        merger: Merger,
+        followers: Vec<(Follower, Receiver<FollowerMsg>)>,
+    }
+
+    fn sharded_rig(n: usize, shards: usize, dim_specs: &[&str]) -> ShardedRig {
+        let d = dims(dim_specs);
+        let (tx, shares) = unbounded();
+        let mut returns = Vec::new();
+        let mut workers = Vec::new();
+        for i in 0..n {
+            let (rtx, rrx) = unbounded();
+            returns.push(rtx);
+            workers.push(Worker::new(
+                i,
+                d.clone(),
+                64,
+                true,
+                DecoderLimits::default(),
+                tx.clone(),
+                rrx,
+            ));
+        }
+        let c = MergerConfig {
+            shards,
+            zscore_max_keys: 10_000,
+            ..cfg(n)
+        };
+        let (merger, followers) = Merger::sharded(&c, d, returns);
+        ShardedRig {
+            workers,
+            shares,
+            merger,
+            followers,
+        }
+    }
+
+    impl ShardedRig {
+        fn pump(&mut self, now_ms: u64, flush: bool) -> Vec<WindowBatch> {
+            while let Ok(s) = self.shares.try_recv() {
+                self.merger.on_share(s);
+            }
+            let first = if flush {
+                self.merger.flush_parts()
+            } else {
+                self.merger.poll_parts(now_ms)
+            };
+            let mut by_shard = vec![first];
+            for (f, rx) in &mut self.followers {
+                by_shard.push(rx.try_iter().filter_map(|m| f.on_msg(m)).collect());
+            }
+            let windows = by_shard[0].len();
+            assert!(
+                by_shard.iter().all(|p| p.len() == windows),
+                "one part per shard"
+            );
+            let mut iters: Vec<_> = by_shard.into_iter().map(Vec::into_iter).collect();
+            (0..windows)
+                .filter_map(|_| assemble(iters.iter_mut().filter_map(Iterator::next).collect()))
+                .collect()
+        }
+
+        fn snapshot(&self) -> CountersSnapshot {
+            let mut all = vec![self.merger.snapshot()];
+            all.extend(self.followers.iter().map(|(f, _)| f.snapshot()));
+            combine(&all)
+        }
+    }
+
+    /// Twelve seconds of three workers: a steady pool of keys, worker 0's table overflowing
+    /// in second 3, worker 2 stalling over seconds 5 and 6 (window 5 closes at its grace
+    /// deadline and its share arrives late), and a spike in second 11 that alerts.
+    fn scenario(shards: usize) -> (Vec<WindowBatch>, CountersSnapshot, Vec<u64>) {
+        let mut r = sharded_rig(
+            3,
+            shards,
+            &["src_ip", "dst_port+protocol", "src_ip+dst_port"],
+        );
+        let mut out = Vec::new();
+        for s in 0..12u64 {
+            for w in 0..3usize {
+                if w == 2 && s == 6 {
+                    continue;
+                }
+                let recs: Vec<V5Rec> = (0..20u8)
+                    .map(|k| {
+                        let spike = s == 11 && k % 7 == 0;
+                        let bytes = if spike {
+                            90_000
+                        } else {
+                            1_000 + 37 * u32::from(k) + 11 * (s as u32 % 4)
+                        };
+                        let port = 400 + u16::from(k % 5);
+                        ([10, 0, w as u8, k], [10, 9, 9, 9], port, 6, bytes, 2)
+                    })
+                    .collect();
+                let dg = v5(&recs, 0);
+                r.workers[w].on_datagram(exporter(w as u8 + 1), s * 1_000 + 30, &dg);
+                if w == 0 && s == 3 {
+                    let many: Vec<V5Rec> = (0..70u8)
+                        .map(|k| ([172, 16, 0, k], [10, 9, 9, 9], 80, 17, 100, 1))
+                        .collect();
+                    for chunk in many.chunks(30) {
+                        r.workers[0].on_datagram(exporter(1), s * 1_000 + 40, &v5(chunk, 0));
+                    }
+                }
+            }
+            for w in 0..3usize {
+                if w == 2 && (s == 5 || s == 6) {
+                    continue;
+                }
+                r.workers[w].maybe_rotate((s + 1) * 1_000);
+            }
+            out.extend(r.pump((s + 1) * 1_000 + 5, false));
+        }
+        for w in &mut r.workers {
+            w.finish(12_100);
+        }
+        out.extend(r.pump(12_101, false));
+        assert!(r.merger.all_done());
+        out.extend(r.pump(12_101, true));
+        let per_shard = std::iter::once(r.merger.snapshot().keys_emitted)
+            .chain(r.followers.iter().map(|(f, _)| f.snapshot().keys_emitted))
+            .collect();
+        (out, r.snapshot(), per_shard)
+    }
+
+    #[test]
+    fn three_shards_give_the_batches_and_counters_of_one() {
+        let (one, one_counters, _) = scenario(1);
+        let (three, three_counters, per_shard) = scenario(3);
+
+        // The scenario covers what must survive the split.
+        assert_eq!(one.len(), 12);
+        assert!(one.iter().any(|b| b.dimensions[0].overflow.bytes > 0));
+        assert!(
+            one.iter().map(|b| b.alerts.len()).sum::<usize>() >= 3,
+            "spike alerts"
+        );
+        assert_eq!(
+            (
+                one_counters.late_shares,
+                one_counters.windows_closed_incomplete
+            ),
+            (1, 1)
+        );
+        assert!(
+            per_shard.iter().all(|&k| k > 0),
+            "every shard has keys: {per_shard:?}"
+        );
+
+        assert_eq!(one.len(), three.len());
+        for (a, b) in one.iter().zip(&three) {
+            assert_eq!(a, b, "window {}", a.window_start);
+        }
+        assert_eq!(one_counters, three_counters);
+    }
+
+    #[test]
+    fn a_set_goes_back_to_its_worker_when_the_last_shard_is_done() {
+        // `lagging`: shard 1 only reads its channel at the end, so it holds every set.
+        let behind = |lagging: bool| {
+            let mut r = sharded_rig(1, 2, &["src_ip"]);
+            let dg = v5(&[([10, 0, 0, 1], [10, 0, 0, 9], 443, 6, 1_000, 10)], 0);
+            for s in 0..10u64 {
+                r.workers[0].on_datagram(exporter(1), s * 1_000, &dg);
+                r.workers[0].maybe_rotate((s + 1) * 1_000);
+                while let Ok(share) = r.shares.try_recv() {
+                    r.merger.on_share(share);
+                }
+                if !lagging {
+                    let (f, rx) = &mut r.followers[0];
+                    for m in rx.try_iter() {
+                        let _ = f.on_msg(m);
+                    }
+                }
+            }
+            r.merger.snapshot().workers.merger_behind_windows
+        };
+        assert_eq!(behind(false), 0);
+        // The worker's own bound applies: its first sets, then every window is discarded.
+        assert_eq!(behind(true), 10 - (MAX_SETS_PER_WORKER as u64 - 1));
     }
 }

@@ -166,6 +166,33 @@ impl Table {
         spilled
     }
 
+    /// Adds the keys of `other` that belong to `shard` of `shards` ([`shard_of`]) into `self`,
+    /// and `other`'s overflow entry when `with_overflow` (one shard takes it, so that it is
+    /// counted once). Returns how many of those keys went to `self`'s overflow. With one shard
+    /// this is [`Table::merge_from`].
+    pub fn merge_shard_from(
+        &mut self,
+        other: &Self,
+        shard: usize,
+        shards: usize,
+        with_overflow: bool,
+    ) -> u64 {
+        if shards <= 1 {
+            return self.merge_from(other);
+        }
+        let mut spilled = 0;
+        for (k, t) in other.iter() {
+            if shard_of(k, shards) == shard && !self.add(k, t) {
+                spilled += 1;
+            }
+        }
+        if with_overflow && (other.overflow_adds > 0 || other.overflow != Totals::default()) {
+            self.overflow.add(&other.overflow);
+            self.overflow_adds += other.overflow_adds;
+        }
+        spilled
+    }
+
     /// The keys and their totals, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Totals)> + '_ {
         self.used.iter().map(|&s| {
@@ -228,6 +255,17 @@ impl Table {
         self.overflow.add(t);
         self.overflow_adds += 1;
     }
+}
+
+/// The merger shard (`0..shards`) that owns `key`, from the table's own hash, so the partition
+/// is the same on every thread and every run.
+///
+/// It takes the hash's upper 32 bits (the tag's, not the home slot's lower bits) and maps them
+/// onto `0..shards` by multiply-shift, so each shard's keys still spread over all home slots of
+/// its merged tables instead of clustering on the slots of one residue.
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
+    let upper = hash_key(key) >> 32;
+    ((upper * shards as u64) >> 32) as usize
 }
 
 #[inline]
@@ -338,6 +376,31 @@ mod tests {
                 prop_assert_eq!(m.get(k).map(|t| t.bytes), Some(*v));
             }
         }
+    }
+
+    #[test]
+    fn shards_partition_the_keys_and_overflow_is_taken_once() {
+        let mut src = Table::new(64, 4);
+        for i in 0..40u32 {
+            assert!(src.add(&i.to_be_bytes(), &t(u64::from(i))));
+        }
+        src.add_overflow(&t(7));
+        let mut whole = Table::new(64, 4);
+        whole.merge_from(&src);
+
+        let mut seen = 0;
+        for shard in 0..3 {
+            let mut part = Table::new(64, 4);
+            assert_eq!(part.merge_shard_from(&src, shard, 3, shard == 0), 0);
+            for (k, v) in part.iter() {
+                assert_eq!(shard_of(k, 3), shard);
+                assert_eq!(whole.get(k), Some(v));
+            }
+            assert_eq!(part.overflow().bytes, if shard == 0 { 7 } else { 0 });
+            assert!(part.len() < 40, "every shard gets a part, not all");
+            seen += part.len();
+        }
+        assert_eq!(seen, 40);
     }
 
     #[test]

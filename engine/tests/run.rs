@@ -62,6 +62,15 @@ fn auto_prefers_io_uring() {
     assert_eq!(run.receive, ReceiveBackend::IoUring);
 }
 
+/// Two merger shards: the parts of each window are joined, and every record still arrives.
+#[test]
+fn every_record_sent_reaches_the_sink_through_two_merger_shards() {
+    let run = every_record_sent_reaches_the_sink_and_shutdown_flushes(ReceiveBackend::Auto, |c| {
+        c.merger_shards = 2;
+    });
+    assert_eq!(run.receive, ReceiveBackend::IoUring);
+}
+
 /// This machine has two cores: the worker gets core 1, everything else core 0. While the engine
 /// runs, the calling thread (and so every thread it starts) is kept off the worker core; its
 /// own mask is back when `run` returns.
