@@ -37,6 +37,9 @@ use tracing::{info, warn};
 pub use config::{ConfigError, EngineConfig, ReceiveBackend};
 pub use counters::CountersSnapshot;
 pub use error::EngineError;
+/// The counter sample inside [`InterfaceCounters`], re-exported so sinks need not depend on
+/// the decoders.
+pub use flowplane_decoders::CounterRecord;
 pub use output::{
     AggEntry, Alert, DimensionWindow, InterfaceCounters, KeyValue, Sink, SinkError, Totals,
     WindowBatch,

@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use flowplane_engine::{AggEntry, Alert, KeyValue, SinkError, Totals, WindowBatch};
+use flowplane_engine::{
+    AggEntry, Alert, CounterRecord, InterfaceCounters, KeyValue, SinkError, Totals, WindowBatch,
+};
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -62,10 +64,12 @@ pub struct KafkaSinkConfig {
     pub aggregates_topic: String,
     /// Topic of the Z-score alerts. Default `flowplane.alerts`.
     pub alerts_topic: String,
+    /// Topic of the interface counter samples (sFlow). Default `flowplane.counters`.
+    pub counters_topic: String,
     /// Name of this flowplane in documents and ids; empty means the host name. Must differ
     /// between instances writing to the same topics. Default empty.
     pub instance: String,
-    /// Create both topics at start when they do not exist. Default `true`.
+    /// Create the three topics at start when they do not exist. Default `true`.
     pub create_topics: bool,
     /// Partitions of a topic flowplane creates. Default 1.
     pub topic_partitions: i32,
@@ -94,6 +98,7 @@ impl Default for KafkaSinkConfig {
             brokers: "127.0.0.1:9092".to_owned(),
             aggregates_topic: "flowplane.aggregates".to_owned(),
             alerts_topic: "flowplane.alerts".to_owned(),
+            counters_topic: "flowplane.counters".to_owned(),
             instance: String::new(),
             create_topics: true,
             topic_partitions: 1,
@@ -161,10 +166,18 @@ impl KafkaSinkConfig {
         }
         topic_name("aggregates_topic", &self.aggregates_topic)?;
         topic_name("alerts_topic", &self.alerts_topic)?;
+        topic_name("counters_topic", &self.counters_topic)?;
         if self.aggregates_topic == self.alerts_topic {
             return Err(SinkConfigError::new(
                 "alerts_topic",
                 "must differ from aggregates_topic",
+            ));
+        }
+        if self.counters_topic == self.aggregates_topic || self.counters_topic == self.alerts_topic
+        {
+            return Err(SinkConfigError::new(
+                "counters_topic",
+                "must differ from aggregates_topic and alerts_topic",
             ));
         }
         if self.instance.chars().any(|c| c.is_control() || c == '|') {
@@ -332,9 +345,10 @@ impl KafkaSink {
         }
         let timeout = Duration::from_millis(self.config.message_timeout_ms) + FLUSH_MARGIN;
         let deadline = Instant::now() + timeout;
-        let (aggregates, alerts) = (
+        let (aggregates, alerts, counters) = (
             self.config.aggregates_topic.clone(),
             self.config.alerts_topic.clone(),
+            self.config.counters_topic.clone(),
         );
         let producer = self.producer()?;
         let generation = producer.context().start();
@@ -344,6 +358,7 @@ impl KafkaSink {
             let topic = match m.topic {
                 Topic::Aggregates => aggregates.as_str(),
                 Topic::Alerts => alerts.as_str(),
+                Topic::Counters => counters.as_str(),
             };
             let mut record = BaseRecord::with_opaque_to(topic, generation)
                 .key(m.key.as_bytes())
@@ -508,6 +523,111 @@ pub fn doc_id(dimension: &str, key: &str, window_start: u64, instance: &str) -> 
     format!("{dimension}|{key}|{window_start}|{instance}")
 }
 
+/// The document of one interface counter sample: flat, one field per counter, rates and
+/// utilisation `null` when flowplane had no previous sample of the interface to compute them.
+pub fn counters_doc(c: &InterfaceCounters, instance: &str) -> Value {
+    let r = &c.record;
+    let mut doc = Map::new();
+    let mut put = |name: &str, v: Value| {
+        doc.insert(name.to_owned(), v);
+    };
+    put("@timestamp", Value::String(crate::iso8601_ms(r.time_ms)));
+    put("time_ms", Value::from(r.time_ms));
+    put("agent", Value::String(r.agent_ip().to_string()));
+    put("exporter", Value::String(r.exporter_ip().to_string()));
+    put("exporter_port", Value::from(r.exporter_port));
+    put("sub_agent_id", Value::from(r.sub_agent_id));
+    put("uptime_ms", Value::from(r.uptime_ms));
+    put("sample_sequence", Value::from(r.sample_sequence));
+    put("source_id_type", Value::from(r.source_id_type));
+    put("source_id_index", Value::from(r.source_id_index));
+    put("has_generic", Value::Bool(r.has_generic != 0));
+    put("has_ethernet", Value::Bool(r.has_ethernet != 0));
+    put("if_index", Value::from(r.if_index));
+    put("if_type", Value::from(r.if_type));
+    put("if_speed", Value::from(r.if_speed));
+    put("if_direction", Value::from(r.if_direction));
+    put("if_status", Value::from(r.if_status));
+    put("in_octets", Value::from(r.in_octets));
+    put("out_octets", Value::from(r.out_octets));
+    for (name, v) in counter_fields(r) {
+        put(name, Value::from(v));
+    }
+    // JSON has no NaN or infinity: `json!` makes those null, like a missing value.
+    put("interval_secs", json!(c.interval_secs));
+    put("in_bps", json!(c.in_bps));
+    put("out_bps", json!(c.out_bps));
+    put("utilisation", json!(c.utilisation));
+    put("instance", Value::String(instance.to_owned()));
+    put("id", Value::String(counters_doc_id(c)));
+    Value::Object(doc)
+}
+
+/// The 32-bit generic and Ethernet counters of a sample, by document field name.
+fn counter_fields(r: &CounterRecord) -> [(&'static str, u32); 25] {
+    [
+        ("in_unicast_pkts", r.in_unicast_pkts),
+        ("in_multicast_pkts", r.in_multicast_pkts),
+        ("in_broadcast_pkts", r.in_broadcast_pkts),
+        ("in_discards", r.in_discards),
+        ("in_errors", r.in_errors),
+        ("in_unknown_protos", r.in_unknown_protos),
+        ("out_unicast_pkts", r.out_unicast_pkts),
+        ("out_multicast_pkts", r.out_multicast_pkts),
+        ("out_broadcast_pkts", r.out_broadcast_pkts),
+        ("out_discards", r.out_discards),
+        ("out_errors", r.out_errors),
+        ("promiscuous_mode", r.promiscuous_mode),
+        ("dot3_alignment_errors", r.dot3_alignment_errors),
+        ("dot3_fcs_errors", r.dot3_fcs_errors),
+        (
+            "dot3_single_collision_frames",
+            r.dot3_single_collision_frames,
+        ),
+        (
+            "dot3_multiple_collision_frames",
+            r.dot3_multiple_collision_frames,
+        ),
+        ("dot3_sqe_test_errors", r.dot3_sqe_test_errors),
+        ("dot3_deferred_transmissions", r.dot3_deferred_transmissions),
+        ("dot3_late_collisions", r.dot3_late_collisions),
+        ("dot3_excessive_collisions", r.dot3_excessive_collisions),
+        (
+            "dot3_internal_mac_transmit_errors",
+            r.dot3_internal_mac_transmit_errors,
+        ),
+        ("dot3_carrier_sense_errors", r.dot3_carrier_sense_errors),
+        ("dot3_frame_too_longs", r.dot3_frame_too_longs),
+        (
+            "dot3_internal_mac_receive_errors",
+            r.dot3_internal_mac_receive_errors,
+        ),
+        ("dot3_symbol_errors", r.dot3_symbol_errors),
+    ]
+}
+
+/// The message key of a counter sample: `agent|if_index` (all samples of one interface land in
+/// one partition, in order).
+pub fn counters_key(c: &InterfaceCounters) -> String {
+    format!("{}|{}", c.record.agent_ip(), c.record.if_index)
+}
+
+/// The deterministic id of a counter sample's document:
+/// `agent|sub_agent_id|if_index|sample_sequence|uptime_ms`. It names the sample as the agent
+/// sent it, so a resend replaces the first copy, and so does the same datagram received by two
+/// flowplane instances (a counter sample is a reading, not something to add up).
+pub fn counters_doc_id(c: &InterfaceCounters) -> String {
+    let r = &c.record;
+    format!(
+        "{}|{}|{}|{}|{}",
+        r.agent_ip(),
+        r.sub_agent_id,
+        r.if_index,
+        r.sample_sequence,
+        r.uptime_ms
+    )
+}
+
 /// The `key` of a dimension's overflow document.
 pub const OVERFLOW_KEY: &str = "__overflow__";
 
@@ -552,6 +672,7 @@ fn fill_totals(doc: &mut Map<String, Value>, t: &Totals) {
 enum Topic {
     Aggregates,
     Alerts,
+    Counters,
 }
 
 /// One message to produce.
@@ -562,7 +683,8 @@ struct Message {
     payload: String,
 }
 
-/// Every message of a window: each key's aggregate, each nonzero overflow, each alert.
+/// Every message of a window: each key's aggregate, each nonzero overflow, each alert, each
+/// interface counter sample.
 fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
     let w = batch.window_start;
     let mut out = Vec::new();
@@ -587,6 +709,13 @@ fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
             topic: Topic::Alerts,
             key: message_key(&a.dimension, &a.key),
             payload: alert_doc(a, instance).to_string(),
+        });
+    }
+    for c in &batch.counters {
+        out.push(Message {
+            topic: Topic::Counters,
+            key: counters_key(c),
+            payload: counters_doc(c, instance).to_string(),
         });
     }
     out
@@ -696,7 +825,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Creates both topics; an existing topic is fine.
+/// Creates the three topics; an existing topic is fine.
 fn create_topics(config: &KafkaSinkConfig) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
@@ -710,6 +839,11 @@ fn create_topics(config: &KafkaSinkConfig) -> Result<(), String> {
         ),
         NewTopic::new(
             &config.alerts_topic,
+            config.topic_partitions,
+            TopicReplication::Fixed(config.topic_replication),
+        ),
+        NewTopic::new(
+            &config.counters_topic,
             config.topic_partitions,
             TopicReplication::Fixed(config.topic_replication),
         ),
@@ -938,6 +1072,98 @@ mod tests {
         assert!(m.iter().all(|m| m.topic == Topic::Aggregates));
     }
 
+    fn sample() -> InterfaceCounters {
+        let mut agent = [0u8; 16];
+        agent[10] = 0xff;
+        agent[11] = 0xff;
+        agent[12..].copy_from_slice(&[192, 0, 2, 1]);
+        let record = CounterRecord {
+            agent,
+            exporter: agent,
+            exporter_port: 50_000,
+            if_speed: 1_000_000_000,
+            in_octets: 5_000_000_000,
+            out_octets: 42,
+            time_ms: 1_700_000_000_123,
+            sub_agent_id: 3,
+            uptime_ms: 9_000,
+            sample_sequence: 77,
+            source_id_index: 7,
+            if_index: 7,
+            if_type: 6,
+            if_direction: 1,
+            if_status: 3,
+            in_errors: 2,
+            out_discards: 4,
+            dot3_fcs_errors: 5,
+            has_generic: 1,
+            has_ethernet: 1,
+            ..CounterRecord::default()
+        };
+        InterfaceCounters {
+            record,
+            interval_secs: Some(20.0),
+            in_bps: Some(8e6),
+            out_bps: Some(1e6),
+            utilisation: None,
+        }
+    }
+
+    #[test]
+    fn counter_documents_are_flat_with_every_counter() {
+        let doc = counters_doc(&sample(), "a1");
+        assert_eq!(doc["@timestamp"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(doc["time_ms"], 1_700_000_000_123u64);
+        assert_eq!(doc["agent"], "192.0.2.1");
+        assert_eq!(doc["sub_agent_id"], 3);
+        assert_eq!(doc["source_id_type"], 0);
+        assert_eq!(doc["source_id_index"], 7);
+        assert_eq!(doc["if_index"], 7);
+        assert_eq!(doc["if_type"], 6);
+        assert_eq!(doc["if_speed"], 1_000_000_000u64);
+        assert_eq!(doc["if_direction"], 1);
+        assert_eq!(doc["if_status"], 3);
+        assert_eq!(doc["in_octets"], 5_000_000_000u64);
+        assert_eq!(doc["out_octets"], 42);
+        assert_eq!(doc["in_errors"], 2);
+        assert_eq!(doc["out_discards"], 4);
+        assert_eq!(doc["dot3_fcs_errors"], 5);
+        assert_eq!(doc["dot3_symbol_errors"], 0);
+        assert_eq!(doc["has_generic"], true);
+        assert_eq!(doc["interval_secs"], 20.0);
+        assert_eq!(doc["in_bps"], 8e6);
+        assert_eq!(doc["out_bps"], 1e6);
+        assert_eq!(doc["utilisation"], Value::Null);
+        assert_eq!(doc["instance"], "a1");
+        assert_eq!(doc["id"], "192.0.2.1|3|7|77|9000");
+        let obj = doc.as_object().unwrap();
+        assert!(obj.values().all(|v| !v.is_object() && !v.is_array()));
+        // 19 identity and cumulative fields, 25 further counters, 4 rates, instance and id.
+        assert_eq!(obj.len(), 19 + 25 + 4 + 2, "{obj:?}");
+
+        let mut c = sample();
+        c.utilisation = Some(0.25);
+        c.in_bps = Some(f64::NAN);
+        let doc = counters_doc(&c, "a1");
+        assert_eq!(doc["utilisation"], 0.25);
+        assert_eq!(doc["in_bps"], Value::Null);
+    }
+
+    #[test]
+    fn counter_samples_go_to_their_topic_keyed_by_interface() {
+        let batch = WindowBatch {
+            window_start: 1_700_000_000,
+            counters: vec![sample(), sample()],
+            ..WindowBatch::default()
+        };
+        let m = encode(&batch, "a1");
+        assert_eq!(m.len(), 2);
+        assert!(m.iter().all(|m| m.topic == Topic::Counters));
+        assert_eq!(m[0].key, "192.0.2.1|7");
+        let doc: Value = serde_json::from_str(&m[0].payload).unwrap();
+        assert_eq!(doc["if_index"], 7);
+    }
+
     #[test]
     fn validation_names_the_setting() {
         KafkaSinkConfig::default().validate().unwrap();
@@ -957,6 +1183,15 @@ mod tests {
         assert_eq!(
             bad(&|c| c.alerts_topic = c.aggregates_topic.clone()),
             "alerts_topic"
+        );
+        assert_eq!(bad(&|c| c.counters_topic = "a/b".into()), "counters_topic");
+        assert_eq!(
+            bad(&|c| c.counters_topic = c.alerts_topic.clone()),
+            "counters_topic"
+        );
+        assert_eq!(
+            bad(&|c| c.counters_topic = c.aggregates_topic.clone()),
+            "counters_topic"
         );
         assert_eq!(bad(&|c| c.message_timeout_ms = 0), "message_timeout_ms");
         assert_eq!(bad(&|c| c.topic_partitions = 0), "topic_partitions");

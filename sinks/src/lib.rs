@@ -80,6 +80,14 @@ pub fn iso8601(unix_secs: u64) -> String {
     )
 }
 
+/// Formats Unix milliseconds as an RFC 3339 / ISO-8601 UTC time with milliseconds, e.g.
+/// `2023-11-14T22:13:20.123Z`.
+pub fn iso8601_ms(unix_ms: u64) -> String {
+    let secs = iso8601(unix_ms / 1_000);
+    // `iso8601` always ends in `Z`.
+    format!("{}.{:03}Z", &secs[..secs.len() - 1], unix_ms % 1_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +98,8 @@ mod tests {
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso8601(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(iso8601_ms(1_700_000_000_007), "2023-11-14T22:13:20.007Z");
+        assert_eq!(iso8601_ms(999), "1970-01-01T00:00:00.999Z");
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn config() -> Option<KafkaSinkConfig> {
     c.brokers = kafka_brokers();
     c.aggregates_topic = unique("agg");
     c.alerts_topic = unique("alerts");
+    c.counters_topic = unique("counters");
     c.instance = "test-1".to_owned();
     match kafka::probe(&c, Duration::from_secs(5)) {
         Ok(()) => Some(c),
@@ -123,4 +124,43 @@ fn a_dead_broker_fails_promptly_and_a_live_one_works_again() {
     let mut sink = KafkaSink::new(live.clone()).unwrap();
     sink.send(&port_batch(1, &[(1, 1)])).unwrap();
     assert_eq!(read(&live.brokers, &live.aggregates_topic, 1).len(), 1);
+}
+
+#[test]
+fn writes_counter_samples_as_documents_on_their_own_topic() {
+    let Some(config) = config() else { return };
+    let mut sink = KafkaSink::new(config.clone()).unwrap();
+    let s = 1_700_000_000;
+    let mut batch = full_batch(s);
+    batch.counters = vec![
+        counter_sample(1, 7, s * 1_000 + 250, Some(0.5)),
+        counter_sample(1, 8, s * 1_000 + 251, None),
+        counter_sample(2, 7, s * 1_000 + 999, Some(0.1)),
+    ];
+    sink.send(&batch).unwrap();
+
+    let docs = read(&config.brokers, &config.counters_topic, 3);
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    let keys: Vec<&str> = docs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["192.0.2.1|7", "192.0.2.1|8", "192.0.2.2|7"]);
+    let doc = &docs[0].1;
+    assert_eq!(doc["@timestamp"], "2023-11-14T22:13:20.250Z");
+    assert_eq!(doc["agent"], "192.0.2.1");
+    assert_eq!(doc["if_index"], 7);
+    assert_eq!(doc["if_speed"], 1_000_000_000u64);
+    assert_eq!(doc["in_octets"], 7_000_000);
+    assert_eq!(doc["out_octets"], 14_000_000);
+    assert_eq!(doc["in_errors"], 3);
+    assert_eq!(doc["utilisation"], 0.5);
+    assert_eq!(doc["in_bps"], 5e8);
+    assert_eq!(doc["instance"], "test-1");
+    assert_eq!(doc["id"], "192.0.2.1|0|7|7|1000");
+    assert_eq!(docs[1].1["utilisation"], Value::Null);
+    assert_eq!(docs[1].1["in_bps"], Value::Null);
+    assert_eq!(docs[2].1["@timestamp"], "2023-11-14T22:13:20.999Z");
+
+    // The aggregates and alerts are where they were; nothing of the counters went there.
+    let aggregates = read(&config.brokers, &config.aggregates_topic, 4);
+    assert_eq!(aggregates.len(), 4, "{aggregates:?}");
+    assert!(aggregates.iter().all(|(_, d)| d.get("if_index").is_none()));
 }

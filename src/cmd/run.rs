@@ -80,7 +80,8 @@ fn build_sinks(config: &Config) -> anyhow::Result<Vec<Box<dyn flowplane_engine::
             KafkaSink::new(config.kafka.sink.clone()).context("cannot set up the Kafka sink")?;
         tracing::info!(brokers = %config.kafka.sink.brokers,
             aggregates = %config.kafka.sink.aggregates_topic,
-            alerts = %config.kafka.sink.alerts_topic, "Writing windows to Kafka.");
+            alerts = %config.kafka.sink.alerts_topic,
+            counters = %config.kafka.sink.counters_topic, "Writing windows to Kafka.");
         sinks.push(Box::new(sink));
     }
     if sinks.is_empty() {

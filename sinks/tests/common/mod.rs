@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flowplane_engine::{AggEntry, Alert, DimensionWindow, KeyValue, Totals, WindowBatch};
+use flowplane_engine::{
+    AggEntry, Alert, CounterRecord, DimensionWindow, InterfaceCounters, KeyValue, Totals,
+    WindowBatch,
+};
 
 /// `FLOWPLANE_SKIP_SERVICES=1` turns a missing service into a skipped test; otherwise it fails.
 pub(crate) fn skip_services() -> bool {
@@ -93,4 +96,59 @@ pub(crate) fn full_batch(window_start: u64) -> WindowBatch {
         threshold: 4.0,
     });
     b
+}
+
+/// One interface counter sample of IPv4 agent `agent` (last octet of 192.0.2.x), interface
+/// `if_index`, arriving at `time_ms`, 1 Gbit/s, with the given utilisation (rates follow from it).
+pub(crate) fn counter_sample(
+    agent: u8,
+    if_index: u32,
+    time_ms: u64,
+    utilisation: Option<f64>,
+) -> InterfaceCounters {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12..].copy_from_slice(&[192, 0, 2, agent]);
+    let speed = 1_000_000_000u64;
+    let record = CounterRecord {
+        agent: addr,
+        exporter: addr,
+        if_speed: speed,
+        in_octets: 1_000_000 * u64::from(if_index),
+        out_octets: 2_000_000 * u64::from(if_index),
+        time_ms,
+        sub_agent_id: 0,
+        uptime_ms: 1_000,
+        sample_sequence: if_index,
+        source_id_index: if_index,
+        if_index,
+        if_type: 6,
+        if_direction: 1,
+        if_status: 3,
+        in_errors: 3,
+        out_errors: 4,
+        in_discards: 5,
+        out_discards: 6,
+        has_generic: 1,
+        has_ethernet: 1,
+        ..CounterRecord::default()
+    };
+    let bps = utilisation.map(|u| u * speed as f64);
+    InterfaceCounters {
+        record,
+        interval_secs: utilisation.map(|_| 20.0),
+        in_bps: bps,
+        out_bps: bps.map(|b| b / 2.0),
+        utilisation,
+    }
+}
+
+/// A window with no aggregates and the given counter samples.
+pub(crate) fn counters_batch(window_start: u64, counters: Vec<InterfaceCounters>) -> WindowBatch {
+    WindowBatch {
+        window_start,
+        counters,
+        ..WindowBatch::default()
+    }
 }
