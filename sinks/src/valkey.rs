@@ -12,12 +12,24 @@
 //! | `P:t:D:S` | hash | the dimension's window totals: `bytes`, `packets`, `flows`, `raw_bytes`, `raw_packets` (every key plus overflow) and `overflow_bytes` ... `overflow_raw_packets` |
 //! | `P:dims` | set | dimension names written; the set expires `ttl_secs` after the last write of any dimension (names are never removed one by one) |
 //! | `P:m:I:S:F:C` | string | marker: chunk `C` of batch `F` (a fingerprint of its content) of window `S` from instance `I` was applied |
+//! | `P:ifu:S` | sorted set | interface utilisation: member = `agent\|if_index` (`192.0.2.1\|7`), score = utilisation (0 to 1) of its counter sample that arrived in second `S` |
+//! | `P:ifc:S` | hash | that sample's readings: `agent\|if_index\|F` for F in `in_bps`, `out_bps`, `speed`, `in_octets`, `out_octets`, `in_errors`, `out_errors`, `in_discards`, `out_discards` |
+//! | `P:ifs` | set | `agent\|if_index` of every interface written; expires `ttl_secs` after the last counter sample |
 //!
 //! Every write is an increment (`ZINCRBY`, `HINCRBY`), never a `SET`, so several flowplane
 //! instances can write the same bucket and the values add up. Every key written gets
 //! `EXPIRE ttl_secs` (default 301) in the same transaction, so a bucket disappears `ttl_secs`
 //! after its last write and no clean-up job is needed. Scores are doubles: byte counts are
 //! exact up to 2^53 per bucket.
+//!
+//! Interface counter samples (sFlow) are readings, not amounts, so they are the exception: the
+//! second `S` of a sample is its own arrival second (`time_ms / 1000`), its utilisation is
+//! written with `ZADD GT` (the larger of two readings of one interface in one second stays) and
+//! its other values with `HSET` (the last reading stays; rates absent from the sample, e.g. its
+//! interface's first, are not written). Writing the same sample twice, a resend or two flowplane
+//! instances receiving the same datagram, changes nothing; two instances receiving different
+//! samples of one interface in one second keep the higher utilisation and whichever readings
+//! came last. Nothing is added up, so nothing can be doubled.
 //!
 //! # Batches, chunks and resends
 //!
@@ -37,11 +49,18 @@
 //! transaction; then one pipelined `HMGET` per second for the head's packets and flows and one
 //! `HGETALL` per second for the totals. [`series`] reads one key's per-second values: one
 //! `ZSCORE` and one `HMGET` per second, pipelined.
+//!
+//! [`interfaces`] ranks interfaces by their latest utilisation in the last N seconds: one
+//! pipelined `ZRANGE P:ifu:S 0 -1 WITHSCORES` per second (each set holds only the interfaces
+//! sampled in that second), then one `HMGET` of the readings of each of the top n at their
+//! latest second. [`interface_series`] reads one interface's per-second readings: one `ZSCORE`
+//! and one `HMGET` per second, pipelined. Interfaces whose samples carry no utilisation (speed 0,
+//! or a single sample so far) are in `P:ifs` and `P:ifc:S` but not ranked.
 
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowplane_engine::{SinkError, Totals, WindowBatch};
+use flowplane_engine::{InterfaceCounters, SinkError, Totals, WindowBatch};
 use redis::{Connection, Pipeline};
 use serde::Deserialize;
 
@@ -499,6 +518,230 @@ pub fn hash_field(kind: &str, key: &str) -> String {
     format!("{kind}|{key}")
 }
 
+/// The sorted set of interface utilisation in one second: `P:ifu:S`.
+pub fn utilisation_key(prefix: &str, sec: u64) -> String {
+    format!("{prefix}:ifu:{sec}")
+}
+
+/// The hash of interface readings in one second: `P:ifc:S`.
+pub fn interface_hash_key(prefix: &str, sec: u64) -> String {
+    format!("{prefix}:ifc:{sec}")
+}
+
+/// The set of interfaces written recently: `P:ifs`.
+pub fn interfaces_set_key(prefix: &str) -> String {
+    format!("{prefix}:ifs")
+}
+
+/// An interface's name in the `P:ifu:S` and `P:ifs` sets: `agent|if_index`.
+pub fn interface_member(agent: &str, if_index: u32) -> String {
+    format!("{agent}|{if_index}")
+}
+
+/// A field of the `P:ifc:S` hash: `agent|if_index|F`.
+pub fn interface_field(member: &str, field: &str) -> String {
+    format!("{member}|{field}")
+}
+
+/// One interface's readings in one second (`None`: not written for that second).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct InterfaceReading {
+    /// The second (Unix seconds).
+    pub sec: u64,
+    /// The larger direction as a fraction of the speed (0 to 1).
+    pub utilisation: Option<f64>,
+    /// Input bits per second since the interface's previous sample.
+    pub in_bps: Option<f64>,
+    /// Output bits per second, likewise.
+    pub out_bps: Option<f64>,
+    /// ifSpeed, bits per second.
+    pub speed: Option<u64>,
+    /// Cumulative ifInOctets as sent.
+    pub in_octets: Option<u64>,
+    /// Cumulative ifOutOctets.
+    pub out_octets: Option<u64>,
+    /// Cumulative ifInErrors.
+    pub in_errors: Option<u64>,
+    /// Cumulative ifOutErrors.
+    pub out_errors: Option<u64>,
+    /// Cumulative ifInDiscards.
+    pub in_discards: Option<u64>,
+    /// Cumulative ifOutDiscards.
+    pub out_discards: Option<u64>,
+}
+
+impl InterfaceReading {
+    /// Whether the interface had a sample in this second.
+    pub fn sampled(&self) -> bool {
+        self.utilisation.is_some() || self.speed.is_some()
+    }
+
+    /// Fills the `P:ifc:S` values (in [`IF_FIELDS`] order).
+    fn fill(&mut self, values: &[Option<String>]) {
+        let get = |i: usize| values.get(i).cloned().flatten();
+        let float = |i: usize| get(i).and_then(|v| v.parse::<f64>().ok());
+        let int = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok());
+        self.in_bps = float(0);
+        self.out_bps = float(1);
+        self.speed = int(2);
+        self.in_octets = int(3);
+        self.out_octets = int(4);
+        self.in_errors = int(5);
+        self.out_errors = int(6);
+        self.in_discards = int(7);
+        self.out_discards = int(8);
+    }
+}
+
+/// One interface of an [`InterfaceRanking`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusyInterface {
+    /// `agent|if_index`.
+    pub key: String,
+    /// Its readings in the latest second of the window that had its utilisation.
+    pub latest: InterfaceReading,
+}
+
+/// The answer of [`interfaces`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct InterfaceRanking {
+    /// First second of the window (Unix seconds).
+    pub from_sec: u64,
+    /// Last second of the window (Unix seconds), included.
+    pub to_sec: u64,
+    /// The busiest interfaces by latest utilisation, busiest first (ties by key).
+    pub interfaces: Vec<BusyInterface>,
+    /// Interfaces with a utilisation in the window.
+    pub distinct_interfaces: u64,
+}
+
+/// The `n` busiest interfaces by their latest utilisation in the `window_secs` seconds that end
+/// with `end_sec` (included), with their readings of that second.
+///
+/// # Errors
+///
+/// As for [`top`].
+pub fn interfaces(
+    conn: &mut Connection,
+    prefix: &str,
+    end_sec: u64,
+    window_secs: u64,
+    n: usize,
+) -> Result<InterfaceRanking, QueryError> {
+    let secs = seconds(end_sec, window_secs);
+    let from_sec = secs.first().copied().unwrap_or(end_sec);
+    let mut pipe = redis::pipe();
+    for &sec in &secs {
+        pipe.cmd("ZRANGE")
+            .arg(utilisation_key(prefix, sec))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+    }
+    let per_sec: Vec<Vec<(String, f64)>> = pipe.query(conn).map_err(QueryError::from)?;
+    // Oldest first, so a later second replaces an earlier one.
+    let mut latest: std::collections::HashMap<String, (u64, f64)> =
+        std::collections::HashMap::new();
+    for (&sec, members) in secs.iter().zip(per_sec) {
+        for (member, u) in members {
+            latest.insert(member, (sec, u));
+        }
+    }
+    let distinct = latest.len() as u64;
+    let mut ranked: Vec<(String, u64, f64)> =
+        latest.into_iter().map(|(k, (s, u))| (k, s, u)).collect();
+    ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(n);
+
+    let mut pipe = redis::pipe();
+    for (key, sec, _) in &ranked {
+        let cmd = pipe.cmd("HMGET").arg(interface_hash_key(prefix, *sec));
+        for field in IF_FIELDS {
+            cmd.arg(interface_field(key, field));
+        }
+    }
+    let values: Vec<Vec<Option<String>>> = if ranked.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query(conn).map_err(QueryError::from)?
+    };
+    let interfaces = ranked
+        .into_iter()
+        .zip(values)
+        .map(|((key, sec, u), values)| {
+            let mut latest = InterfaceReading {
+                sec,
+                utilisation: Some(u),
+                ..InterfaceReading::default()
+            };
+            latest.fill(&values);
+            BusyInterface { key, latest }
+        })
+        .collect();
+    Ok(InterfaceRanking {
+        from_sec,
+        to_sec: end_sec,
+        interfaces,
+        distinct_interfaces: distinct,
+    })
+}
+
+/// One interface's (`agent|if_index`) readings per second over the `window_secs` seconds that
+/// end with `end_sec`, oldest first; seconds without a sample have every value `None`.
+///
+/// # Errors
+///
+/// As for [`top`].
+pub fn interface_series(
+    conn: &mut Connection,
+    prefix: &str,
+    key: &str,
+    end_sec: u64,
+    window_secs: u64,
+) -> Result<Vec<InterfaceReading>, QueryError> {
+    let secs = seconds(end_sec, window_secs);
+    let mut pipe = redis::pipe();
+    for &sec in &secs {
+        pipe.cmd("ZSCORE")
+            .arg(utilisation_key(prefix, sec))
+            .arg(key);
+        let cmd = pipe.cmd("HMGET").arg(interface_hash_key(prefix, sec));
+        for field in IF_FIELDS {
+            cmd.arg(interface_field(key, field));
+        }
+    }
+    let replies: Vec<redis::Value> = pipe.query(conn).map_err(QueryError::from)?;
+    let mut out = Vec::with_capacity(secs.len());
+    for (&sec, pair) in secs.iter().zip(replies.chunks(2)) {
+        let [score, fields] = pair else { break };
+        let mut reading = InterfaceReading {
+            sec,
+            utilisation: redis::from_redis_value_ref(score)?,
+            ..InterfaceReading::default()
+        };
+        let fields: Vec<Option<String>> = redis::from_redis_value_ref(fields)?;
+        reading.fill(&fields);
+        out.push(reading);
+    }
+    Ok(out)
+}
+
+/// The interfaces (`agent|if_index`) written while `P:ifs` lived (it expires `ttl_secs` after
+/// the last counter sample), sorted.
+///
+/// # Errors
+///
+/// As for [`top`].
+pub fn interfaces_seen(conn: &mut Connection, prefix: &str) -> Result<Vec<String>, QueryError> {
+    let mut all: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(interfaces_set_key(prefix))
+        .query(conn)
+        .map_err(QueryError::from)?;
+    all.sort();
+    Ok(all)
+}
+
 /// One transaction of a window's write, and the marker it sets.
 #[derive(Debug)]
 struct Chunk {
@@ -585,10 +828,69 @@ fn plan(
             b.touch(&hkey);
         }
     }
+    let ifs = interfaces_set_key(prefix);
+    for c in &batch.counters {
+        if b.commands >= max_commands {
+            chunks.push(b.finish());
+            b = ChunkBuilder::new(prefix, instance, ttl);
+            b.index = chunks.len();
+        }
+        let r = &c.record;
+        let member = interface_member(&r.agent_ip().to_string(), r.if_index);
+        let csec = r.time_ms / 1_000;
+        let (ukey, ckey) = (
+            utilisation_key(prefix, csec),
+            interface_hash_key(prefix, csec),
+        );
+        if let Some(u) = c.utilisation.filter(|u| u.is_finite()) {
+            // A gauge: the larger reading of one second stays, and a repeat changes nothing.
+            b.pipe
+                .cmd("ZADD")
+                .arg(&ukey)
+                .arg("GT")
+                .arg(u)
+                .arg(&member)
+                .ignore();
+            b.commands += 1;
+            b.touch(&ukey);
+        }
+        let cmd = b.pipe.cmd("HSET").arg(&ckey);
+        for (field, value) in interface_values(c) {
+            cmd.arg(interface_field(&member, field)).arg(value);
+        }
+        cmd.ignore();
+        b.pipe.cmd("SADD").arg(&ifs).arg(&member).ignore();
+        b.commands += 2;
+        b.touch(&ckey);
+        b.touch(&ifs);
+    }
     if b.commands > 0 {
         chunks.push(b.finish());
     }
     chunks
+}
+
+/// The `P:ifc:S` values of one sample, by field name (rates only when the sample has them).
+fn interface_values(c: &InterfaceCounters) -> Vec<(&'static str, String)> {
+    let r = &c.record;
+    let mut v = Vec::with_capacity(IF_FIELDS.len());
+    for (name, rate) in [("in_bps", c.in_bps), ("out_bps", c.out_bps)] {
+        if let Some(rate) = rate.filter(|r| r.is_finite()) {
+            v.push((name, rate.to_string()));
+        }
+    }
+    for (name, n) in [
+        ("speed", r.if_speed),
+        ("in_octets", r.in_octets),
+        ("out_octets", r.out_octets),
+        ("in_errors", u64::from(r.in_errors)),
+        ("out_errors", u64::from(r.out_errors)),
+        ("in_discards", u64::from(r.in_discards)),
+        ("out_discards", u64::from(r.out_discards)),
+    ] {
+        v.push((name, n.to_string()));
+    }
+    v
 }
 
 /// Accumulates one chunk: its commands, then `EXPIRE` for every key it wrote and its marker.
@@ -657,6 +959,14 @@ fn fingerprint(batch: &WindowBatch) -> u64 {
         for e in &dim.entries {
             e.key.hash(&mut h);
             hash_totals(&e.totals, &mut h);
+        }
+    }
+    for c in &batch.counters {
+        let r = &c.record;
+        (r.agent, r.if_index, r.time_ms, r.sample_sequence).hash(&mut h);
+        (r.in_octets, r.out_octets, r.if_speed).hash(&mut h);
+        for v in [c.in_bps, c.out_bps, c.utilisation] {
+            v.map(f64::to_bits).hash(&mut h);
         }
     }
     h.finish()
@@ -768,6 +1078,19 @@ fn range(setting: &str, v: u64, min: u64, max: u64) -> Result<(), SinkConfigErro
 
 const NAME: &str = "valkey";
 
+/// The fields of an interface in `P:ifc:S`, in the order queries read them.
+const IF_FIELDS: [&str; 9] = [
+    "in_bps",
+    "out_bps",
+    "speed",
+    "in_octets",
+    "out_octets",
+    "in_errors",
+    "out_errors",
+    "in_discards",
+    "out_discards",
+];
+
 /// The kinds of `P:h:D:S` fields, in the order queries read them.
 const HASH_KINDS: [&str; 4] = ["p", "f", "rb", "rp"];
 
@@ -828,6 +1151,13 @@ mod tests {
         assert_eq!(totals_key("fp", "dst_port", 5), "fp:t:dst_port:5");
         assert_eq!(dims_key("x"), "x:dims");
         assert_eq!(hash_field("p", "10.0.0.1|443|6"), "p|10.0.0.1|443|6");
+        assert_eq!(utilisation_key("fp", 5), "fp:ifu:5");
+        assert_eq!(interface_hash_key("fp", 5), "fp:ifc:5");
+        assert_eq!(interfaces_set_key("fp"), "fp:ifs");
+        assert_eq!(
+            interface_field(&interface_member("2001:db8::1", 3), "in_bps"),
+            "2001:db8::1|3|in_bps"
+        );
     }
 
     #[test]
@@ -878,6 +1208,114 @@ mod tests {
         let cmds = commands(&chunks[0].pipe);
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 overflow_bytes 7".to_owned()));
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 7".to_owned()));
+    }
+
+    fn counters(utilisation: Option<f64>) -> InterfaceCounters {
+        let mut agent = [0u8; 16];
+        agent[10] = 0xff;
+        agent[11] = 0xff;
+        agent[12..].copy_from_slice(&[192, 0, 2, 1]);
+        InterfaceCounters {
+            record: flowplane_engine::CounterRecord {
+                agent,
+                if_index: 7,
+                if_speed: 1_000,
+                in_octets: 10,
+                out_octets: 20,
+                in_errors: 1,
+                out_errors: 2,
+                in_discards: 3,
+                out_discards: 4,
+                // Arrived in the second before the window it was handed on with.
+                time_ms: 1_699_999_999_500,
+                ..Default::default()
+            },
+            interval_secs: utilisation.map(|_| 1.0),
+            in_bps: utilisation.map(|u| u * 1_000.0),
+            out_bps: utilisation.map(|_| 5.0),
+            utilisation,
+        }
+    }
+
+    #[test]
+    fn counter_samples_are_gauges_in_their_own_arrival_second() {
+        let mut b = batch(1);
+        b.counters = vec![counters(Some(0.5)), counters(None)];
+        let chunks = plan(&b, "fp", "i", 301, 100_000);
+        assert_eq!(chunks.len(), 1);
+        let cmds = commands(&chunks[0].pipe);
+        let s = 1_699_999_999;
+        assert!(
+            cmds.contains(&format!("ZADD fp:ifu:{s} GT 0.5 192.0.2.1|7")),
+            "{cmds:?}"
+        );
+        assert_eq!(cmds.iter().filter(|c| c.starts_with("ZADD")).count(), 1);
+        let hset: Vec<&String> = cmds.iter().filter(|c| c.starts_with("HSET")).collect();
+        assert_eq!(hset.len(), 2);
+        assert_eq!(
+            hset[0].as_str(),
+            format!(
+                "HSET fp:ifc:{s} 192.0.2.1|7|in_bps 500 192.0.2.1|7|out_bps 5 \
+                 192.0.2.1|7|speed 1000 192.0.2.1|7|in_octets 10 192.0.2.1|7|out_octets 20 \
+                 192.0.2.1|7|in_errors 1 192.0.2.1|7|out_errors 2 192.0.2.1|7|in_discards 3 \
+                 192.0.2.1|7|out_discards 4"
+            )
+        );
+        // Without rates, no rate fields (a missing field reads as "no rate", never as 0).
+        assert!(!hset[1].contains("in_bps"), "{}", hset[1]);
+        assert!(cmds.contains(&"SADD fp:ifs 192.0.2.1|7".to_owned()));
+        for key in [
+            format!("fp:ifu:{s}"),
+            format!("fp:ifc:{s}"),
+            "fp:ifs".to_owned(),
+        ] {
+            assert!(
+                cmds.contains(&format!("EXPIRE {key} 301")),
+                "{key}: {cmds:?}"
+            );
+        }
+        // Gauges are never incremented.
+        assert!(!cmds.iter().any(|c| c.contains(":if") && c.contains("INCR")));
+
+        // Counters alone make a window, and change its fingerprint (a later batch of the same
+        // second is not taken for a resend).
+        let only = counters_only();
+        assert_eq!(plan(&only, "fp", "i", 301, 100_000).len(), 1);
+        let mut other = counters_only();
+        other.counters[0].record.in_octets += 1;
+        assert_ne!(fingerprint(&only), fingerprint(&other));
+    }
+
+    fn counters_only() -> WindowBatch {
+        WindowBatch {
+            window_start: 1_700_000_000,
+            counters: vec![counters(Some(0.5))],
+            ..WindowBatch::default()
+        }
+    }
+
+    #[test]
+    fn many_counter_samples_split_into_chunks() {
+        let mut b = counters_only();
+        b.counters = (0..1_000)
+            .map(|i| {
+                let mut c = counters(Some(0.1));
+                c.record.if_index = i;
+                c
+            })
+            .collect();
+        let chunks = plan(&b, "fp", "i", 301, 300);
+        assert!(chunks.len() >= 9, "{}", chunks.len());
+        let zadd: usize = chunks
+            .iter()
+            .map(|c| {
+                commands(&c.pipe)
+                    .iter()
+                    .filter(|c| c.starts_with("ZADD"))
+                    .count()
+            })
+            .sum();
+        assert_eq!(zadd, 1_000);
     }
 
     #[test]

@@ -243,3 +243,142 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+#[test]
+fn counter_samples_make_interface_series_that_expire_and_rank() {
+    let Some((mut sink, mut conn, config)) = setup() else {
+        return;
+    };
+    let p = &config.key_prefix;
+    let s = 1_700_000_300;
+    let ms = |sec: u64| sec * 1_000 + 400;
+
+    // Agent .1 interface 7: busy 10 s ago, quiet now; interface 8: steady; agent .2 interface 7:
+    // busiest now; interface 9: first sample, no utilisation.
+    sink.send(&counters_batch(
+        s - 10,
+        vec![
+            counter_sample(1, 7, ms(s - 10), Some(0.9)),
+            counter_sample(1, 8, ms(s - 10), Some(0.3)),
+        ],
+    ))
+    .unwrap();
+    sink.send(&counters_batch(
+        s,
+        vec![
+            counter_sample(1, 7, ms(s), Some(0.05)),
+            counter_sample(2, 7, ms(s), Some(0.6)),
+            counter_sample(1, 9, ms(s), None),
+        ],
+    ))
+    .unwrap();
+
+    for key in [
+        valkey::utilisation_key(p, s),
+        valkey::interface_hash_key(p, s),
+        valkey::utilisation_key(p, s - 10),
+        valkey::interfaces_set_key(p),
+    ] {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+        assert!((1..=301).contains(&ttl), "{key}: TTL {ttl}");
+    }
+    assert_eq!(
+        valkey::interfaces_seen(&mut conn, p).unwrap(),
+        ["192.0.2.1|7", "192.0.2.1|8", "192.0.2.1|9", "192.0.2.2|7"]
+    );
+    let speed: u64 = redis::cmd("HGET")
+        .arg(valkey::interface_hash_key(p, s))
+        .arg("192.0.2.1|9|speed")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(speed, 1_000_000_000);
+
+    // Latest utilisation ranks: .2|7 at 0.6, .1|8 at 0.3 (10 s ago), .1|7 at 0.05 (not its
+    // older 0.9); .1|9 has none.
+    let r = valkey::interfaces(&mut conn, p, s, 60, 10).unwrap();
+    let ranked: Vec<(&str, u64, Option<f64>)> = r
+        .interfaces
+        .iter()
+        .map(|i| (i.key.as_str(), i.latest.sec, i.latest.utilisation))
+        .collect();
+    assert_eq!(
+        ranked,
+        [
+            ("192.0.2.2|7", s, Some(0.6)),
+            ("192.0.2.1|8", s - 10, Some(0.3)),
+            ("192.0.2.1|7", s, Some(0.05)),
+        ]
+    );
+    assert_eq!(r.distinct_interfaces, 3);
+    assert_eq!((r.from_sec, r.to_sec), (s - 59, s));
+    let top = &r.interfaces[0].latest;
+    assert_eq!(top.in_bps, Some(6e8));
+    assert_eq!(top.out_bps, Some(3e8));
+    assert_eq!(top.speed, Some(1_000_000_000));
+    assert_eq!(top.in_octets, Some(7_000_000));
+    assert_eq!(top.out_octets, Some(14_000_000));
+    assert_eq!(
+        (
+            top.in_errors,
+            top.out_errors,
+            top.in_discards,
+            top.out_discards
+        ),
+        (Some(3), Some(4), Some(5), Some(6))
+    );
+    let one = valkey::interfaces(&mut conn, p, s, 5, 1).unwrap();
+    assert_eq!(one.interfaces.len(), 1);
+    assert_eq!(one.distinct_interfaces, 2);
+
+    // The series of one interface: a point per second, sampled where it had a sample.
+    let points = valkey::interface_series(&mut conn, p, "192.0.2.1|7", s, 300).unwrap();
+    assert_eq!(points.len(), 300);
+    let sampled: Vec<(u64, Option<f64>)> = points
+        .iter()
+        .filter(|p| p.sampled())
+        .map(|p| (p.sec, p.utilisation))
+        .collect();
+    assert_eq!(sampled, [(s - 10, Some(0.9)), (s, Some(0.05))]);
+    assert_eq!(points[289].in_bps, Some(9e8));
+    let first = valkey::interface_series(&mut conn, p, "192.0.2.1|9", s, 1).unwrap();
+    assert!(first[0].sampled());
+    assert_eq!((first[0].utilisation, first[0].in_bps), (None, None));
+    assert_eq!(first[0].in_octets, Some(9_000_000));
+}
+
+#[test]
+fn counter_samples_resent_or_from_a_second_instance_change_nothing() {
+    let Some((mut sink, mut conn, config)) = setup() else {
+        return;
+    };
+    let p = &config.key_prefix;
+    let s = 1_700_000_400;
+    let mut batch = full_batch(s);
+    batch.counters = vec![counter_sample(1, 7, s * 1_000, Some(0.4))];
+
+    sink.send(&batch).unwrap();
+    sink.send(&batch).unwrap();
+    // Another instance (its own markers) receiving the same samples.
+    let mut twin = ValkeySink::new(config.clone()).unwrap();
+    twin.send(&batch).unwrap();
+
+    let r = valkey::top(&mut conn, p, "dst_port", s, 1, 10).unwrap();
+    // The aggregates of the twin add up (two instances, two shares of the traffic) ...
+    assert_eq!(r.keys[0].totals.bytes, 10_000);
+    // ... the interface readings do not: they are the same reading.
+    let r = valkey::interfaces(&mut conn, p, s, 1, 10).unwrap();
+    assert_eq!(r.interfaces.len(), 1);
+    assert_eq!(r.interfaces[0].latest.utilisation, Some(0.4));
+    assert_eq!(r.interfaces[0].latest.in_bps, Some(4e8));
+    assert_eq!(r.interfaces[0].latest.in_octets, Some(7_000_000));
+
+    // A lower reading of the same second does not replace the higher one.
+    let lower = counters_batch(s, vec![counter_sample(1, 7, s * 1_000 + 1, Some(0.1))]);
+    twin.send(&lower).unwrap();
+    let u: f64 = redis::cmd("ZSCORE")
+        .arg(valkey::utilisation_key(p, s))
+        .arg("192.0.2.1|7")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(u, 0.4);
+}
