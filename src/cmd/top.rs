@@ -15,9 +15,14 @@ use super::utc_ms;
 #[derive(Debug, clap::Args)]
 pub(crate) struct TopArgs {
     /// Dimension to rank, as named in `engine.dimensions` (e.g. `dst_port`,
-    /// `src_ip+dst_port+protocol`).
-    #[arg(long, short)]
-    dimension: String,
+    /// `src_ip+dst_port+protocol`). Required unless `--interfaces` is given.
+    #[arg(long, short, required_unless_present = "interfaces")]
+    dimension: Option<String>,
+
+    /// Rank interfaces by their latest utilisation (sFlow counter samples) instead of a
+    /// dimension's keys; with `--key AGENT|IFINDEX`, show that interface's readings.
+    #[arg(long, conflicts_with = "dimension")]
+    interfaces: bool,
 
     /// How far back: `1m`, `5m`, or a number of seconds (1 to 300).
     #[arg(long, short, default_value = "1m", value_parser = parse_window)]
@@ -27,7 +32,8 @@ pub(crate) struct TopArgs {
     #[arg(short = 'n', long = "top", default_value_t = 10)]
     n: usize,
 
-    /// Show this key's per-second series over the window instead of the ranking.
+    /// Show this key's per-second series over the window instead of the ranking (with
+    /// `--interfaces`, an interface as `AGENT|IFINDEX`, e.g. `192.0.2.1|7`).
     #[arg(long, short)]
     key: Option<String>,
 
@@ -52,8 +58,11 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
         .map_or(0, |d| d.as_secs());
     let prefix = valkey.key_prefix.as_str();
 
+    let Some(dimension) = args.dimension.as_deref() else {
+        return interfaces(args, &mut conn, prefix, end_sec);
+    };
     let known = valkey::dimensions(&mut conn, prefix)?;
-    if !known.iter().any(|d| d == &args.dimension) {
+    if !known.iter().any(|d| d == dimension) {
         let hint = if known.is_empty() {
             "nothing was written in the last 5 minutes".to_owned()
         } else {
@@ -61,25 +70,17 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
         };
         // Not fatal: a dimension configured but idle for 5 minutes is a valid, empty answer.
         eprintln!(
-            "flowplane top: no data for dimension `{}` under prefix `{prefix}` ({hint})",
-            args.dimension
+            "flowplane top: no data for dimension `{dimension}` under prefix `{prefix}` ({hint})"
         );
     }
 
     let mut out = io::stdout().lock();
     match &args.key {
         Some(key) => {
-            let points = valkey::series(
-                &mut conn,
-                prefix,
-                &args.dimension,
-                key,
-                end_sec,
-                args.window,
-            )?;
+            let points = valkey::series(&mut conn, prefix, dimension, key, end_sec, args.window)?;
             if args.json {
                 let doc = json!({
-                    "dimension": args.dimension,
+                    "dimension": dimension,
                     "key": key,
                     "from": points.first().map_or(end_sec, |p| p.sec),
                     "to": end_sec,
@@ -93,8 +94,8 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
             } else {
                 writeln!(
                     out,
-                    "{} = {key}, last {} s (UTC; seconds without the key omitted)",
-                    args.dimension, args.window
+                    "{dimension} = {key}, last {} s (UTC; seconds without the key omitted)",
+                    args.window
                 )?;
                 writeln!(
                     out,
@@ -131,17 +132,10 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
             }
         }
         None => {
-            let r = valkey::top(
-                &mut conn,
-                prefix,
-                &args.dimension,
-                end_sec,
-                args.window,
-                args.n,
-            )?;
+            let r = valkey::top(&mut conn, prefix, dimension, end_sec, args.window, args.n)?;
             if args.json {
                 let doc = json!({
-                    "dimension": args.dimension,
+                    "dimension": dimension,
                     "from": r.from_sec,
                     "to": r.to_sec,
                     "distinct_keys": r.distinct_keys,
@@ -157,9 +151,8 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
             } else {
                 writeln!(
                     out,
-                    "top {} of {} by bytes, {} to {} ({} s, {} distinct keys)",
+                    "top {} of {dimension} by bytes, {} to {} ({} s, {} distinct keys)",
                     r.keys.len(),
-                    args.dimension,
                     utc_ms(r.from_sec * 1_000),
                     utc_ms(r.to_sec * 1_000),
                     args.window,
@@ -201,6 +194,144 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--interfaces`: the busiest interfaces, or one interface's readings per second.
+fn interfaces(
+    args: &TopArgs,
+    conn: &mut redis::Connection,
+    prefix: &str,
+    end_sec: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    if let Some(key) = &args.key {
+        let points = valkey::interface_series(conn, prefix, key, end_sec, args.window)?;
+        let sampled: Vec<&valkey::InterfaceReading> =
+            points.iter().filter(|p| p.sampled()).collect();
+        if args.json {
+            let doc = json!({
+                "interface": key,
+                "from": points.first().map_or(end_sec, |p| p.sec),
+                "to": end_sec,
+                "series": sampled.iter().map(|p| reading_json(p)).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{doc}")?;
+        } else {
+            writeln!(
+                out,
+                "interface {key}, last {} s (UTC; seconds without a sample omitted)",
+                args.window
+            )?;
+            writeln!(
+                out,
+                "{:<24} {:>7} {:>14} {:>14} {:>14} {:>10} {:>10}",
+                "second", "util %", "in bit/s", "out bit/s", "speed", "in err", "out err"
+            )?;
+            for p in &sampled {
+                writeln!(
+                    out,
+                    "{:<24} {:>7} {:>14} {:>14} {:>14} {:>10} {:>10}",
+                    utc_ms(p.sec * 1_000),
+                    opt_pct(p.utilisation),
+                    opt_f(p.in_bps),
+                    opt_f(p.out_bps),
+                    opt_u(p.speed),
+                    opt_u(p.in_errors),
+                    opt_u(p.out_errors),
+                )?;
+            }
+            writeln!(
+                out,
+                "{} of {} seconds had a sample",
+                sampled.len(),
+                points.len()
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let seen = valkey::interfaces_seen(conn, prefix)?;
+    if seen.is_empty() {
+        eprintln!(
+            "flowplane top: no interface counter samples under prefix `{prefix}` in the last \
+             5 minutes"
+        );
+    }
+    let r = valkey::interfaces(conn, prefix, end_sec, args.window, args.n)?;
+    if args.json {
+        let doc = json!({
+            "from": r.from_sec,
+            "to": r.to_sec,
+            "distinct_interfaces": r.distinct_interfaces,
+            "interfaces_seen": seen.len(),
+            "interfaces": r.interfaces.iter().map(|i| {
+                let mut o = reading_json(&i.latest);
+                if let Value::Object(m) = &mut o {
+                    m.insert("interface".into(), Value::String(i.key.clone()));
+                }
+                o
+            }).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{doc}")?;
+    } else {
+        writeln!(
+            out,
+            "top {} interfaces by latest utilisation, {} to {} ({} s, {} with a utilisation, {} seen)",
+            r.interfaces.len(),
+            utc_ms(r.from_sec * 1_000),
+            utc_ms(r.to_sec * 1_000),
+            args.window,
+            r.distinct_interfaces,
+            seen.len()
+        )?;
+        writeln!(
+            out,
+            "{:<40} {:>7} {:>14} {:>14} {:>14} {:<24}",
+            "interface", "util %", "in bit/s", "out bit/s", "speed", "sampled"
+        )?;
+        for i in &r.interfaces {
+            let p = &i.latest;
+            writeln!(
+                out,
+                "{:<40} {:>7} {:>14} {:>14} {:>14} {:<24}",
+                i.key,
+                opt_pct(p.utilisation),
+                opt_f(p.in_bps),
+                opt_f(p.out_bps),
+                opt_u(p.speed),
+                utc_ms(p.sec * 1_000)
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reading_json(p: &valkey::InterfaceReading) -> Value {
+    json!({
+        "sec": p.sec,
+        "utilisation": p.utilisation,
+        "in_bps": p.in_bps,
+        "out_bps": p.out_bps,
+        "speed": p.speed,
+        "in_octets": p.in_octets,
+        "out_octets": p.out_octets,
+        "in_errors": p.in_errors,
+        "out_errors": p.out_errors,
+        "in_discards": p.in_discards,
+        "out_discards": p.out_discards,
+    })
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}", v * 100.0))
+}
+
+fn opt_f(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn opt_u(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
