@@ -581,7 +581,16 @@ fn export_sflow(dir: &Path, pcap: &Path, to: SocketAddr) -> Result<()> {
         .args(["60", "pmacctd", "-f"])
         .arg(&conf)
         .output()?;
-    ensure!(out.status.success(), "pmacctd (sfprobe) failed: {out:?}");
+    // pmacctd 1.7.7 sometimes exits with status 1 after a complete run, when the sfprobe plugin
+    // finishes before the core ("connection lost to 'default_sfprobe-sfprobe'"). That exit is
+    // accepted when the log shows the export started and the plugin shut down at the end of
+    // the file; what it exported is checked datagram by datagram by the callers.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let finished = log.contains("Exporting flows to") && log.contains("Shutting down");
+    ensure!(
+        out.status.success() || (out.status.code() == Some(1) && finished),
+        "pmacctd (sfprobe) failed: {out:?}"
+    );
     Ok(())
 }
 
@@ -612,6 +621,11 @@ fn sflow_sums(
             bail!("tshark found no sFlow datagram in frame {}", f.number)
         };
         for s in &d.samples {
+            // sfprobe also sends an interface counter sample now and then (format 2): not
+            // traffic.
+            if s.format == Some(2) {
+                continue;
+            }
             ensure!(
                 s.format == Some(1),
                 "pmacctd sent a sample of format {:?}",
@@ -762,6 +776,12 @@ fn sflow_and_netflow_through_one_flowplane() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     let sflow_datagrams = sflow_relay.finish();
     let netflow_datagrams = netflow_relay.finish();
+    ensure!(
+        !sflow_datagrams.is_empty() && !netflow_datagrams.is_empty(),
+        "an exporter sent nothing: {} sFlow, {} NetFlow datagrams",
+        sflow_datagrams.len(),
+        netflow_datagrams.len()
+    );
     let (summary, log) = fp.stop()?;
     let ctx = || format!("summary: {summary}\nlog:\n{}", log.join("\n"));
     ensure!(
