@@ -86,6 +86,12 @@ pub struct DecodeStats {
     pub templates_withdrawn: u64,
     /// Template definitions refused because a bound was hit.
     pub templates_refused: u64,
+    /// Templates forgotten with their exporter (silent too long, or evicted for a new one).
+    pub templates_dropped: u64,
+    /// Exporters forgotten after [`EXPORTER_IDLE_MS`] of silence.
+    pub exporters_expired: u64,
+    /// Exporters that gave their slot up to a new one (every `max_exporters` slot taken).
+    pub exporters_evicted: u64,
     /// Option records announcing a sampling rate or system-init time that were not kept
     /// because the per-exporter bound (`max_templates_per_exporter` entries) was hit.
     pub options_refused: u64,
@@ -289,8 +295,20 @@ impl Decoder {
                 self.stats.held_sets_expired += 1;
             }
         }
-        // Known gap: exporters that went silent keep their templates until restart; an idle
-        // timeout would free their slot under `max_exporters`.
+        // Exporters silent for EXPORTER_IDLE_MS are forgotten, templates and all; so are those
+        // with nothing left to remember.
+        let idle: Vec<SocketAddr> = self
+            .exporters
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= EXPORTER_IDLE_MS)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in idle {
+            if let Some(gone) = self.forget(addr) {
+                self.stats.exporters_expired += 1;
+                self.stats.held_sets_expired += gone;
+            }
+        }
         self.exporters.retain(|_, s| !s.is_empty());
 
         let sources = &mut self.sflow_sources;
@@ -404,6 +422,38 @@ impl Decoder {
             agent.drops.clear();
         }
         true
+    }
+
+    /// Removes `addr`'s state with its templates and held data, keeping the totals right.
+    /// Returns how many held sets went with it (`None` when it had no state).
+    fn forget(&mut self, addr: SocketAddr) -> Option<u64> {
+        let gone = self.exporters.remove(&addr)?;
+        self.templates_total -= gone.templates.len();
+        self.pending_bytes_total -= gone.pending_bytes;
+        self.stats.templates_dropped += gone.templates.len() as u64;
+        Some(gone.pending.len() as u64)
+    }
+
+    /// Makes room for `addr` when every exporter slot is taken and it has none: the exporter
+    /// heard from longest ago gives its slot up if it has been silent for at least
+    /// [`EXPORTER_EVICT_IDLE_MS`] (its templates and held data go with it, counted). O(slots),
+    /// and only when a new exporter meets a full table.
+    fn make_room(&mut self, addr: SocketAddr, now_ms: u64) {
+        if self.exporters.len() < self.limits.max_exporters || self.exporters.contains_key(&addr) {
+            return;
+        }
+        let stalest = self
+            .exporters
+            .iter()
+            .min_by_key(|(_, s)| s.last_seen_ms)
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= EXPORTER_EVICT_IDLE_MS)
+            .map(|(a, _)| *a);
+        if let Some(a) = stalest
+            && let Some(held) = self.forget(a)
+        {
+            self.stats.exporters_evicted += 1;
+            self.stats.held_sets_evicted += held;
+        }
     }
 
     /// Running totals.
@@ -527,6 +577,8 @@ struct ExporterState {
     /// Held data sets, oldest first.
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// Arrival time of this exporter's last template or data set.
+    last_seen_ms: u64,
 }
 
 impl ExporterState {
@@ -609,7 +661,10 @@ impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
             id,
         };
         let limits = self.dec.limits;
-        let Some(state) = exporter_state(&mut self.dec.exporters, &limits, self.exporter) else {
+        self.dec.make_room(self.exporter, self.now_ms);
+        let Some(state) =
+            exporter_state(&mut self.dec.exporters, &limits, self.exporter, self.now_ms)
+        else {
             self.dec.stats.templates_refused += 1;
             return Ok(());
         };
@@ -624,8 +679,8 @@ impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
             self.dec.stats.templates_refused += 1;
             return Ok(());
         }
-        // Known gap: RFC 7011 § 8.4 lets a collector expire UDP templates that are not refreshed;
-        // here templates live until withdrawn, replaced, or the decoder is dropped.
+        // Templates live until withdrawn or replaced, or until their exporter falls silent for
+        // EXPORTER_IDLE_MS (see `expire`) or gives its slot up to a new one.
         state.templates.insert(key, template);
         if !replacing {
             self.dec.templates_total += 1;
@@ -731,7 +786,10 @@ impl<'a, F: FnMut(&FlowRecord)> Cx<'a, F> {
             id,
         };
         let limits = self.dec.limits;
-        let Some(state) = exporter_state(&mut self.dec.exporters, &limits, self.exporter) else {
+        self.dec.make_room(self.exporter, self.now_ms);
+        let Some(state) =
+            exporter_state(&mut self.dec.exporters, &limits, self.exporter, self.now_ms)
+        else {
             self.result.sets_without_template += 1;
             self.dec.stats.sets_without_template += 1;
             return Ok(());
@@ -887,17 +945,28 @@ fn decode_set<F: FnMut(&FlowRecord)>(
     }
 }
 
-/// The state of `addr`, created if there is room for one more exporter.
+/// The state of `addr`, created if there is room for one more exporter (see
+/// [`Decoder::make_room`]); `None` refuses the newcomer, and the caller counts what it refused.
 fn exporter_state<'m>(
     exporters: &'m mut HashMap<SocketAddr, ExporterState>,
     limits: &DecoderLimits,
     addr: SocketAddr,
+    now_ms: u64,
 ) -> Option<&'m mut ExporterState> {
     if !exporters.contains_key(&addr) && exporters.len() >= limits.max_exporters {
         return None;
     }
-    Some(exporters.entry(addr).or_default())
+    let state = exporters.entry(addr).or_default();
+    state.last_seen_ms = now_ms;
+    Some(state)
 }
+
+/// An exporter silent this long may lose its slot to a new exporter when every slot is taken.
+pub const EXPORTER_EVICT_IDLE_MS: u64 = 60 * 1_000;
+/// An exporter silent this long is forgotten by [`Decoder::expire`], templates and all
+/// (RFC 7011 § 8.4: a collector may expire UDP templates that are not refreshed; exporters
+/// resend them every few minutes at most, RFC 3954 § 5.2 and RFC 7011 § 8.4).
+pub const EXPORTER_IDLE_MS: u64 = 30 * 60 * 1_000;
 
 /// What the first bytes of a datagram say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1209,6 +1278,63 @@ mod tests {
             &ipfix(1, 0, &[set(256, &[0, 0, 0, 1])]),
         );
         assert_eq!(r.sets_held, 1);
+    }
+
+    #[test]
+    fn silent_exporters_are_forgotten_and_a_full_table_evicts_the_stalest() {
+        let mut d = Decoder::new(DecoderLimits {
+            max_exporters: 1,
+            ..DecoderLimits::default()
+        });
+        let template = || ipfix(1, 0, &[set(2, &tpl(256, &[(1, 4)]))]);
+        let data = || ipfix(1, 0, &[set(256, &[0, 0, 0, 9])]);
+        run(&mut d, from(1), 0, &template());
+        assert_eq!(run(&mut d, from(1), 1_000, &data()).0.records, 1);
+
+        // A second exporter while the first was heard from 30 s ago: refused and counted.
+        let (r, _) = run(
+            &mut d,
+            from(2),
+            31_000,
+            &ipfix(
+                1,
+                0,
+                &[set(2, &tpl(256, &[(1, 4)])), set(256, &[0, 0, 0, 1])],
+            ),
+        );
+        assert_eq!((r.records, r.sets_without_template), (0, 1));
+        assert_eq!(d.stats().templates_refused, 1);
+        // 61 s after the first one's last set, the newcomer takes its slot.
+        let (r, _) = run(
+            &mut d,
+            from(2),
+            62_000,
+            &ipfix(
+                1,
+                0,
+                &[set(2, &tpl(256, &[(1, 4)])), set(256, &[0, 0, 0, 1])],
+            ),
+        );
+        assert_eq!(r.records, 1);
+        assert_eq!(
+            (d.stats().exporters_evicted, d.stats().templates_dropped),
+            (1, 1)
+        );
+        assert_eq!(d.templates(), 1);
+        // The evicted exporter's data now waits for a template again.
+        assert_eq!(
+            run(&mut d, from(1), 62_500, &data())
+                .0
+                .sets_without_template,
+            1
+        );
+
+        // Thirty silent minutes later, `expire` forgets exporter 2 and its template.
+        d.expire(62_000 + EXPORTER_IDLE_MS);
+        assert_eq!((d.templates(), d.stats().exporters_expired), (0, 1));
+        assert_eq!(d.stats().templates_dropped, 2);
+        let (r, _) = run(&mut d, from(2), 62_000 + EXPORTER_IDLE_MS, &data());
+        assert_eq!((r.records, r.sets_held), (0, 1));
     }
 
     mod sflow_state {

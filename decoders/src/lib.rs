@@ -52,8 +52,8 @@ pub mod template;
 mod testutil;
 
 pub use decoder::{
-    DatagramResult, DecodeStats, Decoder, DecoderLimits, SFLOW_AGENT_IDLE_MS, SFLOW_MAX_SOURCES,
-    SFLOW_REORDER_MS, SFLOW_REORDER_WINDOW, SflowStats,
+    DatagramResult, DecodeStats, Decoder, DecoderLimits, EXPORTER_EVICT_IDLE_MS, EXPORTER_IDLE_MS,
+    SFLOW_AGENT_IDLE_MS, SFLOW_MAX_SOURCES, SFLOW_REORDER_MS, SFLOW_REORDER_WINDOW, SflowStats,
 };
 pub use error::DecodeError;
 pub use ipfix::Packet as IpfixPacket;

@@ -66,6 +66,9 @@ pub struct WorkerCounters {
     pub merger_behind_windows: u64,
     /// Records in those discarded windows.
     pub merger_behind_records: u64,
+    /// Exporters whose templates were forgotten: silent for 30 minutes, or evicted for a new
+    /// exporter when every `max_exporters` slot was taken.
+    pub exporters_forgotten: u64,
     /// Interface counter samples (sFlow) handed on to the sinks.
     pub counter_samples: u64,
     /// Counter samples dropped because a worker's per-window bound was reached.
@@ -103,6 +106,7 @@ impl WorkerCounters {
         self.table_overflow += o.table_overflow;
         self.merger_behind_windows += o.merger_behind_windows;
         self.merger_behind_records += o.merger_behind_records;
+        self.exporters_forgotten += o.exporters_forgotten;
         self.counter_samples += o.counter_samples;
         self.counter_samples_dropped += o.counter_samples_dropped;
         self.sflow_sequence_gaps += o.sflow_sequence_gaps;
@@ -124,6 +128,10 @@ impl WorkerCounters {
         self.templates_learned += d(prev.templates_learned, now.templates_learned);
         self.templates_withdrawn += d(prev.templates_withdrawn, now.templates_withdrawn);
         self.templates_refused += d(prev.templates_refused, now.templates_refused);
+        self.exporters_forgotten += d(
+            prev.exporters_expired + prev.exporters_evicted,
+            now.exporters_expired + now.exporters_evicted,
+        );
     }
 
     /// Copies the decoder's sFlow counters as the change from `prev` to `now`.
@@ -241,6 +249,9 @@ pub struct WorkerTotals {
     pub merger_behind_windows: u64,
     /// Records in those windows.
     pub merger_behind_records: u64,
+    /// Exporters whose templates were forgotten: silent for 30 minutes, or evicted for a new
+    /// exporter when every `max_exporters` slot was taken.
+    pub exporters_forgotten: u64,
     /// Interface counter samples (sFlow) handed on to the sinks.
     pub counter_samples: u64,
     /// Counter samples dropped because a worker's per-window bound was reached.
@@ -275,6 +286,7 @@ impl From<&WorkerCounters> for WorkerTotals {
             table_overflow: w.table_overflow,
             merger_behind_windows: w.merger_behind_windows,
             merger_behind_records: w.merger_behind_records,
+            exporters_forgotten: w.exporters_forgotten,
             counter_samples: w.counter_samples,
             counter_samples_dropped: w.counter_samples_dropped,
             sflow_sequence_gaps: w.sflow_sequence_gaps,
@@ -296,7 +308,8 @@ impl CountersSnapshot {
         let w = &self.workers;
         let mut s = format!(
             "rx datagrams={} bytes={} socket_drops={} truncated={} records={} decode_errors={} \
-             sets_without_template={} held_expired={} table_overflow={} merger_behind={} \
+             sets_without_template={} held_expired={} held_evicted={} templates_refused={} \
+             exporters_forgotten={} table_overflow={} merger_behind={} \
              counter_samples={} counter_samples_dropped={} sflow_seq_gaps={} sflow_agent_drops={} \
              windows={} incomplete={} late_shares={} alerts={}",
             w.datagrams,
@@ -306,7 +319,10 @@ impl CountersSnapshot {
             w.records,
             self.decode_errors_total(),
             w.sets_without_template,
-            w.held_sets_expired + w.held_sets_evicted,
+            w.held_sets_expired,
+            w.held_sets_evicted,
+            w.templates_refused,
+            w.exporters_forgotten,
             w.table_overflow + self.merge_overflow,
             w.merger_behind_windows,
             w.counter_samples,

@@ -408,6 +408,15 @@ fn delta(now: &DecodeStats, before: &DecodeStats) -> DecodeStats {
         templates_withdrawn: now
             .templates_withdrawn
             .saturating_sub(before.templates_withdrawn),
+        templates_dropped: now
+            .templates_dropped
+            .saturating_sub(before.templates_dropped),
+        exporters_expired: now
+            .exporters_expired
+            .saturating_sub(before.exporters_expired),
+        exporters_evicted: now
+            .exporters_evicted
+            .saturating_sub(before.exporters_evicted),
         templates_refused: now
             .templates_refused
             .saturating_sub(before.templates_refused),
