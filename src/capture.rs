@@ -302,7 +302,17 @@ impl CaptureReader {
                 }
             }
             _ => {
-                let len = file.metadata().map_err(io_err)?.len();
+                let meta = file.metadata().map_err(io_err)?;
+                if !meta.is_file() {
+                    // A device or pipe reports no length: reading it whole could take every
+                    // byte of memory (`/dev/zero`).
+                    return Err(io_err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a regular file: a raw datagram dump must be a file (pcap and \
+                         pcapng are read as streams)",
+                    )));
+                }
+                let len = meta.len();
                 if len > MAX_RAW_DUMP_BYTES {
                     return Err(CaptureError::TooLarge {
                         path,
@@ -311,7 +321,11 @@ impl CaptureReader {
                     });
                 }
                 let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).map_err(io_err)?;
+                // Bounded even if the file grows while it is read.
+                (&mut file)
+                    .take(MAX_RAW_DUMP_BYTES)
+                    .read_to_end(&mut bytes)
+                    .map_err(io_err)?;
                 let Some(datagrams) = split_raw_dump(&bytes) else {
                     let magic = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
                     return Err(CaptureError::UnknownFormat { path, magic });
