@@ -712,7 +712,10 @@ pub(crate) fn run_merger(
 
     emit(m.flush_parts());
     publish(0, m.snapshot(), &shared);
-    info!("final: {}", summary(&shared, &sinks));
+    info!(
+        "Merged the last window (the sinks may still be writing; the Stopped line has the final counts): {}",
+        summary(&shared, &sinks)
+    );
     // Dropping the handles disconnects the drivers once they have drained their queues;
     // dropping `m` disconnects the followers.
 }

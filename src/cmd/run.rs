@@ -116,6 +116,13 @@ pub(crate) fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
 /// SIGINT and SIGTERM set the returned flag, which asks the engine to flush and stop; a second
 /// signal while it is stopping exits at once (status 1).
 fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
+    // SIGHUP (a closed terminal, logrotate's habit) would end the process without a flush:
+    // it is taken and ignored instead. There is no reload; restart to apply a new configuration.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .context("cannot install the SIGHUP handler")?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Registered first, so it sees the flag before the second handler sets it: the first
