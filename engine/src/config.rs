@@ -333,6 +333,48 @@ impl EngineConfig {
         Ok(())
     }
 
+    /// About how many bytes the data plane allocates for this configuration: every worker's
+    /// table sets (at most `MAX_SETS_PER_WORKER` each) and receive buffers, the merger's tables
+    /// for the windows in flight, and the Z-score baselines. Sinks and the kernel's socket
+    /// buffers come on top.
+    ///
+    /// # Errors
+    ///
+    /// The dimensions do not parse.
+    pub fn memory_estimate(&self) -> Result<u64, ConfigError> {
+        let dims = self.dimension_specs()?;
+        // Per slot: a 4-byte tag, the key, the five counters; plus a 4-byte index per usable
+        // slot (7/8 of them).
+        let table = |capacity: usize| -> u64 {
+            dims.iter()
+                .map(|d| (capacity * (4 + d.key_len() + 40) + capacity / 8 * 7 * 4) as u64)
+                .sum()
+        };
+        let workers = self.workers as u64;
+        let sets = crate::worker::MAX_SETS_PER_WORKER as u64;
+        let counter_samples = (crate::worker::COUNTER_SAMPLES_PER_WINDOW
+            * std::mem::size_of::<flowplane_decoders::CounterRecord>())
+            as u64;
+        let worker_tables = workers * sets * (table(self.table_capacity) + counter_samples);
+        let merged_capacity = self
+            .table_capacity
+            .saturating_mul(self.workers.max(1))
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 30)
+            .min(1 << 30);
+        // The windows a merger holds at once: the open one, those within the grace period,
+        // and one set in its pool.
+        let windows_in_flight = 2 + self.merge_grace_ms.div_ceil(1_000);
+        let merger_tables = windows_in_flight * table(merged_capacity);
+        let receive = workers
+            * match self.receive {
+                ReceiveBackend::Recvmmsg => (self.recv_batch * 65_535) as u64,
+                _ => u64::from(self.uring_buffers) * (self.uring_datagram_bytes as u64 + 64),
+            };
+        let zscore = self.zscore_max_keys as u64 * (4 * (self.zscore_windows as u64 + 1) + 64);
+        Ok(worker_tables + merger_tables + receive + zscore)
+    }
+
     /// The parsed dimensions.
     ///
     /// # Errors
@@ -459,7 +501,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             setting: setting.into(),
             reason: reason.into(),
@@ -486,6 +528,24 @@ const MAX_DIMENSIONS: usize = 64;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn memory_estimate_grows_with_the_tables() {
+        let small = EngineConfig {
+            workers: 1,
+            ..EngineConfig::default()
+        };
+        let a = small.memory_estimate().unwrap();
+        // Six default dimensions, 65536 slots: tens of MiB for one worker, not gigabytes.
+        assert!(a > 20 << 20 && a < 1 << 30, "{a}");
+        let big = EngineConfig {
+            workers: 16,
+            table_capacity: 1 << 24,
+            ..EngineConfig::default()
+        };
+        // The tester's case: 16 workers x 16M slots is hundreds of GiB, which start refuses.
+        assert!(big.memory_estimate().unwrap() > 100 << 30);
+    }
     use super::*;
 
     #[test]

@@ -93,6 +93,7 @@ pub fn run_with(
     on_ready: impl FnOnce(&[SocketAddr]),
 ) -> Result<RunReport, EngineError> {
     cfg.validate()?;
+    check_memory(cfg)?;
     let dims: Arc<[key::Dimension]> = cfg.dimension_specs()?.into();
     let placement = placement::plan(cfg)?;
     let sink_names: Vec<_> = sinks.iter().map(|s| s.name()).collect();
@@ -335,6 +336,32 @@ pub fn run_with(
         counters,
         receive: backend,
     })
+}
+
+/// Refuses a configuration whose tables and buffers would take more than 90 % of this
+/// machine's memory (a `table_capacity` with one zero too many would otherwise end in an
+/// allocation failure, or the OOM killer taking Valkey); logs the estimate.
+fn check_memory(cfg: &EngineConfig) -> Result<(), EngineError> {
+    let need = cfg.memory_estimate()?;
+    let total = flowplane_hwprofiles::Machine::inspect(std::path::Path::new("/")).memory_bytes;
+    info!(
+        estimate_mib = need >> 20,
+        machine_mib = total.map(|t| t >> 20),
+        "Memory for tables, receive buffers and Z-score baselines."
+    );
+    match total {
+        Some(total) if need > total / 10 * 9 => Err(EngineError::Config(ConfigError::new(
+            "table_capacity",
+            format!(
+                "the tables, receive buffers and Z-score baselines would take about {} MiB, \
+                 more than 90 % of this machine's {} MiB: lower table_capacity, the number of \
+                 dimensions or workers, or zscore_max_keys",
+                need >> 20,
+                total >> 20
+            ),
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
