@@ -212,6 +212,21 @@ impl EngineConfig {
                 return Err(ConfigError::new("listen", format!("{a} is listed twice")));
             }
         }
+        // A wildcard address already takes its port on every address of its family (and, for
+        // `[::]`, usually IPv4 too): a second listener on that port would fail to bind.
+        for w in self.listen.iter().filter(|w| w.ip().is_unspecified()) {
+            if let Some(other) = self.listen.iter().find(|o| {
+                *o != w && o.port() == w.port() && (o.is_ipv4() == w.is_ipv4() || w.is_ipv6())
+            }) {
+                return Err(ConfigError::new(
+                    "listen",
+                    format!(
+                        "{w} already receives on port {} of every local address; {other} would collide with it",
+                        w.port()
+                    ),
+                ));
+            }
+        }
         check_range("workers", self.workers, 1, MAX_WORKERS)?;
         if self.pin_cores && !self.worker_cores.is_empty() {
             if self.worker_cores.len() != self.workers {
@@ -528,6 +543,24 @@ const MAX_DIMENSIONS: usize = 64;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_wildcard_listener_and_a_specific_one_on_its_port_collide() {
+        let with = |listen: &[&str]| EngineConfig {
+            listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+            ..EngineConfig::default()
+        };
+        let e = with(&["0.0.0.0:2055", "127.0.0.1:2055"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting, "listen");
+        assert!(e.reason.contains("127.0.0.1:2055"), "{}", e.reason);
+        with(&["0.0.0.0:2055", "127.0.0.1:4739"])
+            .validate()
+            .unwrap();
+        with(&["127.0.0.1:2055", "[::1]:2055"]).validate().unwrap();
+        assert!(with(&["[::]:2055", "10.0.0.1:2055"]).validate().is_err());
+    }
 
     #[test]
     fn memory_estimate_grows_with_the_tables() {

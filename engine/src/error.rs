@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source} (errno {errno})", errno = source.raw_os_error().unwrap_or(0))]
+    #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The configured address.
         addr: SocketAddr,
