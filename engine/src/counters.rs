@@ -334,6 +334,24 @@ impl CountersSnapshot {
             self.late_shares,
             self.alerts,
         );
+        // Which errors, when there are any: the reason is what an operator needs first.
+        let kinds: Vec<String> = self
+            .decode_errors
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}:{n}"))
+            .collect();
+        if !kinds.is_empty() {
+            s.push_str(&format!(" decode_error_kinds={}", kinds.join(",")));
+        }
+        if let Some(worst) = self.decode_errors_by_exporter.first()
+            && worst.total > 0
+        {
+            let who = worst
+                .exporter
+                .map_or_else(|| "other".to_owned(), |e| e.to_string());
+            s.push_str(&format!(" most_errors_from={who}:{}", worst.total));
+        }
         for k in &self.sinks {
             s.push_str(&format!(
                 " {}: sent={} failures={} dropped={} queued={}",
@@ -418,6 +436,25 @@ pub(crate) fn errors_by_kind(e: &[u64; ERROR_KINDS]) -> Vec<(&'static str, u64)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_names_error_kinds_and_the_worst_exporter() {
+        let mut s = CountersSnapshot::default();
+        assert!(!s.summary().contains("decode_error_kinds"));
+        s.decode_errors = vec![("bad_version", 10), ("truncated", 2), ("bad_count", 0)];
+        s.decode_errors_by_exporter = vec![ExporterErrors {
+            exporter: Some("192.0.2.9".parse().unwrap()),
+            errors: vec![("bad_version", 10)],
+            total: 10,
+        }];
+        let line = s.summary();
+        assert!(line.contains("decode_errors=12 "), "{line}");
+        assert!(
+            line.contains("decode_error_kinds=bad_version:10,truncated:2"),
+            "{line}"
+        );
+        assert!(line.contains("most_errors_from=192.0.2.9:10"), "{line}");
+    }
 
     #[test]
     fn exporter_map_is_bounded() {

@@ -35,14 +35,23 @@ pub(crate) struct ProfileArgs {
 pub(crate) fn profile(args: &ProfileArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     if let Some(name) = &args.show {
-        let text = profile::builtin_text(name).ok_or_else(|| profile::ProfileError::Unknown {
-            name: name.clone(),
-            known: profile::builtin_names().join(", "),
+        let text = profile::builtin_text(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no built-in profile named `{name}` to show (known: {})",
+                profile::builtin_names().join(", ")
+            )
         })?;
         out.write_all(text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
 
+    // A mistyped --root would otherwise give a report of unknowns that looks like a verdict.
+    if !args.root.join("proc").is_dir() && !args.root.join("sys").is_dir() {
+        anyhow::bail!(
+            "{} holds neither proc/ nor sys/: give the root of a machine's files (default /)",
+            args.root.display()
+        );
+    }
     let machine = Machine::inspect(&args.root);
     let all = profile::builtin()?;
     let chosen = named(&args.profile)?;
