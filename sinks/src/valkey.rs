@@ -1059,9 +1059,23 @@ fn classify(e: &redis::RedisError) -> SinkError {
 }
 
 fn unavailable(e: &redis::RedisError) -> SinkError {
+    // A read or write that ran into the socket timeout surfaces as EAGAIN ("Resource
+    // temporarily unavailable"), which does not say what happened.
+    let timed_out = e.is_timeout()
+        || e.kind() == redis::ErrorKind::Io
+            && matches!(
+                std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .map(std::io::Error::kind),
+                Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            );
     SinkError::Unavailable {
         sink: NAME,
-        reason: e.to_string(),
+        reason: if timed_out {
+            format!("no answer within the response timeout ({e})")
+        } else {
+            e.to_string()
+        },
     }
 }
 
