@@ -7,11 +7,13 @@
 //! * [`traffic`] writes ordinary traffic with known totals for the exporters to meter, and
 //!   [`relay`] sits between an exporter and flowplane, keeping what the exporter sent.
 //! * [`env`] finds the repository, the `flowplane` binary and the services the tests talk to.
+//! * [`instance`] runs a real `flowplane run` for a test and stops it.
 //!
 //! Nothing here is a mock: the tests drive the real tools and services these helpers find.
 
 pub mod corpus;
 pub mod env;
+pub mod instance;
 pub mod pcap_out;
 pub mod relay;
 pub mod traffic;

@@ -90,17 +90,25 @@ pub struct Frame {
 ///
 /// tshark is missing or fails, or its output is not PDML.
 pub fn dissect(capture: &Path, cflow_ports: &[u16]) -> Result<Vec<Frame>> {
+    let mut args: Vec<String> = vec!["-O".into(), "cflow".into()];
+    for p in cflow_ports {
+        args.push("-d".into());
+        args.push(format!("udp.port=={p},cflow"));
+    }
+    let text = pdml(capture, &args)?;
+    parse_pdml(&text).with_context(|| format!("parse tshark PDML for {}", capture.display()))
+}
+
+/// `tshark -n -r CAPTURE -T pdml ARGS...` in UTC: its output.
+fn pdml(capture: &Path, args: &[String]) -> Result<String> {
     crate::env::require_tool("tshark")?;
-    let mut cmd = Command::new("tshark");
-    cmd.env("TZ", "UTC")
+    let out = Command::new("tshark")
+        .env("TZ", "UTC")
         .arg("-n")
         .arg("-r")
         .arg(capture)
-        .args(["-T", "pdml", "-O", "cflow"]);
-    for p in cflow_ports {
-        cmd.arg("-d").arg(format!("udp.port=={p},cflow"));
-    }
-    let out = cmd
+        .args(["-T", "pdml"])
+        .args(args)
         .output()
         .with_context(|| format!("run tshark on {}", capture.display()))?;
     if !out.status.success() {
@@ -110,8 +118,7 @@ pub fn dissect(capture: &Path, cflow_ports: &[u16]) -> Result<Vec<Frame>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    parse_pdml(&text).with_context(|| format!("parse tshark PDML for {}", capture.display()))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Reads tshark's PDML.
@@ -461,23 +468,7 @@ pub struct SflowRecord {
 ///
 /// tshark is missing or fails, or its output is not PDML.
 pub fn dissect_sflow(capture: &Path) -> Result<Vec<SflowFrame>> {
-    crate::env::require_tool("tshark")?;
-    let out = Command::new("tshark")
-        .env("TZ", "UTC")
-        .arg("-n")
-        .arg("-r")
-        .arg(capture)
-        .args(["-T", "pdml"])
-        .output()
-        .with_context(|| format!("run tshark on {}", capture.display()))?;
-    if !out.status.success() {
-        bail!(
-            "tshark failed on {}: {}",
-            capture.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = pdml(capture, &[])?;
     parse_sflow_pdml(&text).with_context(|| format!("parse tshark PDML for {}", capture.display()))
 }
 

@@ -19,14 +19,13 @@
 //! fails the test.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use flowplane_tests::instance::{Flowplane, counter, kafka_brokers, unix_ms, valkey_url};
 use flowplane_tests::pcap_out::{UdpOut, write_udp_pcap};
 use flowplane_tests::relay::Relay;
 use flowplane_tests::traffic::{self, Traffic};
@@ -35,37 +34,21 @@ use flowplane_tests::{env, tshark};
 /// (bytes, packets) per key text.
 type Sums = BTreeMap<String, (u64, u64)>;
 
-fn valkey_url() -> String {
-    std::env::var("FLOWPLANE_VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn kafka_brokers() -> String {
-    std::env::var("FLOWPLANE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// A `flowplane run` child with its own Valkey prefix and Kafka topics.
-struct Flowplane {
-    child: Child,
-    bound: SocketAddr,
-    log: mpsc::Receiver<String>,
-    log_lines: Vec<String>,
-}
-
 /// Where one case's flowplane writes.
 struct Destinations {
     config: PathBuf,
     aggregates_topic: String,
 }
 
-impl Flowplane {
-    fn start(dir: &Path, name: &str) -> Result<(Self, Destinations)> {
-        let tag = format!("{name}-{}-{}", std::process::id(), unix_ms());
-        let aggregates_topic = format!("fpt.{tag}.aggregates");
-        let config = dir.join("flowplane.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+/// Starts a `flowplane run` with its own Valkey prefix and Kafka topics.
+fn start_flowplane(dir: &Path, name: &str) -> Result<(Flowplane, Destinations)> {
+    let tag = format!("{name}-{}-{}", std::process::id(), unix_ms());
+    let aggregates_topic = format!("fpt.{tag}.aggregates");
+    let config = dir.join("flowplane.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
 [engine]
 listen = ["127.0.0.1:0"]
 workers = 2
@@ -81,108 +64,23 @@ key_prefix = "fpt:{tag}"
 brokers = "{brokers}"
 aggregates_topic = "{aggregates_topic}"
 alerts_topic = "fpt.{tag}.alerts"
+counters_topic = "fpt.{tag}.counters"
 
 [log]
 level = "info"
 "#,
-                url = valkey_url(),
-                brokers = kafka_brokers(),
-            ),
-        )?;
-        let mut child = Command::new(env::flowplane_bin()?)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start flowplane")?;
-        let stderr = child.stderr.take().context("flowplane stderr")?;
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut fp = Self {
-            child,
-            bound: "0.0.0.0:0".parse()?,
-            log,
-            log_lines: Vec::new(),
-        };
-        let line = fp.wait_for_line("Listening", Duration::from_secs(30))?;
-        fp.bound = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("no addr= in `{line}`"))?;
-        Ok((
-            fp,
-            Destinations {
-                config,
-                aggregates_topic,
-            },
-        ))
-    }
-
-    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            match self.log.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => {
-                    self.log_lines.push(l.clone());
-                    if l.contains(needle) {
-                        return Ok(l);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        bail!(
-            "flowplane did not log `{needle}` within {timeout:?}; its log:\n{}",
-            self.log_lines.join("\n")
-        )
-    }
-
-    /// SIGTERM, then waits for the exit; returns the final summary line and the whole log.
-    fn stop(mut self) -> Result<(String, Vec<String>)> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let line = self.wait_for_line("Stopped:", Duration::from_secs(30))?;
-        let status = self.child.wait()?;
-        ensure!(status.success(), "flowplane exited with {status}");
-        while let Ok(l) = self.log.try_recv() {
-            self.log_lines.push(l);
-        }
-        Ok((line, std::mem::take(&mut self.log_lines)))
-    }
-}
-
-impl Drop for Flowplane {
-    fn drop(&mut self) {
-        // A failed case must not leave its flowplane running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `name=value` from a summary line (the first occurrence).
-fn counter(summary: &str, name: &str) -> Option<u64> {
-    summary
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+            url = valkey_url(),
+            brokers = kafka_brokers(),
+        ),
+    )?;
+    let fp = Flowplane::start(&config)?;
+    Ok((
+        fp,
+        Destinations {
+            config,
+            aggregates_topic,
+        },
+    ))
 }
 
 /// What the exporter exported according to tshark: (bytes, packets) per destination port and
@@ -445,7 +343,7 @@ fn run_case(exporter: Exporter, version: u8) -> Result<()> {
     let t = if version == 5 { all.ipv4_only() } else { all };
     let (want_port, want_src) = expected(&t);
 
-    let (fp, dest) = Flowplane::start(&dir, &name)?;
+    let (fp, dest) = start_flowplane(&dir, &name)?;
     let relay = Relay::start(fp.bound)?;
     let exporter_addr = relay.exporter;
     let report = export(exporter, version, &dir, &pcap, relay.listen)?;
@@ -686,7 +584,7 @@ fn pmacctd_sfprobe_sflow() -> Result<()> {
     let pcap = dir.join("traffic.pcap");
     traffic::write(&pcap, &t, unix_ms() - 10_000)?;
 
-    let (fp, dest) = Flowplane::start(&dir, name)?;
+    let (fp, dest) = start_flowplane(&dir, name)?;
     let relay = Relay::start(fp.bound)?;
     let exporter_addr = relay.exporter;
     export_sflow(&dir, &pcap, relay.listen)?;
@@ -768,7 +666,7 @@ fn sflow_and_netflow_through_one_flowplane() -> Result<()> {
     let pcap = dir.join("traffic.pcap");
     traffic::write(&pcap, &t, unix_ms() - 10_000)?;
 
-    let (fp, dest) = Flowplane::start(&dir, "sflow-netflow")?;
+    let (fp, dest) = start_flowplane(&dir, "sflow-netflow")?;
     let sflow_relay = Relay::start(fp.bound)?;
     let netflow_relay = Relay::start(fp.bound)?;
     let (sflow_from, netflow_from) = (sflow_relay.exporter, netflow_relay.exporter);

@@ -12,30 +12,14 @@
 //! Host sFlow samples, which flowplane rightly ignores (see `corpus_sflow.rs`).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use flowplane_tests::instance::{Flowplane, counter, kafka_brokers, unix_ms, valkey_url};
 use flowplane_tests::{env, tshark};
 
 const CAPTURE: &str = "tcpdump/sflow_multiple_counter_30_pdus.pcap";
-
-fn valkey_url() -> String {
-    std::env::var("FLOWPLANE_VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn kafka_brokers() -> String {
-    std::env::var("FLOWPLANE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// (agent, if_index, in_octets, out_octets) of one counter sample.
 type Reading = (String, u64, u64, u64);
@@ -74,48 +58,6 @@ fn tshark_readings(capture: &std::path::Path) -> Result<Vec<Reading>> {
         }
     }
     Ok(out)
-}
-
-struct Flowplane {
-    child: Child,
-    log: mpsc::Receiver<String>,
-    lines: Vec<String>,
-}
-
-impl Flowplane {
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            match self.log.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => {
-                    self.lines.push(l.clone());
-                    if l.contains(needle) {
-                        return Ok(l);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        bail!(
-            "flowplane did not log `{needle}` within {timeout:?}:\n{}",
-            self.lines.join("\n")
-        )
-    }
-}
-
-impl Drop for Flowplane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn summary_value(summary: &str, name: &str) -> Option<u64> {
-    summary
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
 }
 
 /// Every document of partition 0 of `topic`, reading until `want` arrived (tansu's high
@@ -196,36 +138,8 @@ level = "info"
             brokers = kafka_brokers(),
         ),
     )?;
-    let mut child = Command::new(env::flowplane_bin()?)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("start flowplane")?;
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut fp = Flowplane {
-        child,
-        log,
-        lines: Vec::new(),
-    };
-    let line = fp.wait_for("Listening", Duration::from_secs(30))?;
-    let bound: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no addr= in `{line}`"))?;
+    let fp = Flowplane::start(&config)?;
+    let bound = fp.bound;
 
     let replay = Command::new(env::flowplane_bin()?)
         .arg("replay")
@@ -241,20 +155,16 @@ level = "info"
     );
     // Let the last datagrams be received before stopping.
     std::thread::sleep(Duration::from_millis(500));
-    let pid = fp.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status()?;
-    let summary = fp.wait_for("Stopped:", Duration::from_secs(30))?;
-    let status = fp.child.wait()?;
-    ensure!(status.success(), "flowplane exited with {status}");
+    let (summary, _log) = fp.stop()?;
 
     // The summary counts every counter sample with interface counters.
     assert_eq!(
-        summary_value(&summary, "counter_samples"),
+        counter(&summary, "counter_samples"),
         Some(want.len() as u64),
         "{summary}"
     );
     assert_eq!(
-        summary_value(&summary, "counter_samples_dropped"),
+        counter(&summary, "counter_samples_dropped"),
         Some(0),
         "{summary}"
     );
