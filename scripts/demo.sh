@@ -5,8 +5,8 @@
 #
 # Traffic: softflowd watches the loopback interface live and exports what it sees as IPFIX to
 # flowplane (the Valkey and Kafka traffic that flowplane itself causes, plus a redis-benchmark
-# run against the local Valkey), and `flowplane replay` sends the NetFlow v5 captures of
-# ../shared/corpus when they are present. Nothing in the traffic is synthetic.
+# run against the local Valkey), and `flowplane replay` sends the NetFlow v5 and sFlow captures
+# of ../shared/corpus when they are present. Nothing in the traffic is synthetic.
 #
 #   FLOWPLANE_DEMO_SECONDS   how long to feed traffic before showing results (default 20;
 #                            0 = keep flowplane running until Ctrl-C)
@@ -26,7 +26,7 @@ bin=$root/target/release/flowplane
 cfg=.run/demo.toml
 cat > "$cfg" <<TOML
 [engine]
-listen = ["127.0.0.1:2055", "127.0.0.1:4739"]
+listen = ["127.0.0.1:2055", "127.0.0.1:4739", "127.0.0.1:6343"]
 dimensions = ["src_ip", "dst_ip", "dst_port", "protocol", "exporter", "src_ip+dst_port+protocol"]
 stats_interval_secs = 5
 
@@ -68,6 +68,10 @@ while [ $SECONDS -lt $end ]; do
   for f in ../shared/corpus/akvorado/nfv5.pcap ../shared/corpus/logstash-codec-netflow/netflow5.dat; do
     [ -f "$f" ] && "$bin" replay "$f" --to 127.0.0.1:2055 >/dev/null 2>&1 || true
   done
+  for f in ../shared/corpus/akvorado/data-sflow-raw-ipv4.pcap \
+           ../shared/corpus/tcpdump/sflow_multiple_counter_30_pdus.pcap; do
+    [ -f "$f" ] && "$bin" replay "$f" --to 127.0.0.1:6343 >/dev/null 2>&1 || true
+  done
   sleep 1
 done
 
@@ -84,6 +88,9 @@ echo "== top 10 destination ports by bytes, last minute (from Valkey) =="
 echo
 echo "== top 5 src_ip+dst_port+protocol by bytes, last 5 minutes (from Valkey) =="
 "$bin" top --config "$cfg" --dimension src_ip+dst_port+protocol --window 5m -n 5
+echo
+echo "== busiest interfaces by utilisation, from sFlow counter samples (from Valkey) =="
+"$bin" top --config "$cfg" --interfaces -n 5 || true
 echo
 echo "== one aggregate document from Kafka (topic flowplane.aggregates) =="
 "$bin" kafka-tail --config "$cfg" --topic flowplane.aggregates -n 1
