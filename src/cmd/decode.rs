@@ -97,6 +97,7 @@ pub(crate) fn decode(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
         sflow: &sflow,
         formats: &formats,
         primed_files: args.prime.len(),
+        waiting: decoder.pending_sets(),
     };
     if args.json {
         eprintln!("{}", summary.json());
@@ -240,6 +241,8 @@ fn sflow_delta(now: &SflowStats, before: &SflowStats) -> SflowStats {
 /// What the summary line reports.
 struct Summary<'a> {
     capture: &'a Capture,
+    /// Data sets still held for a template at the end of the file.
+    waiting: usize,
     stats: &'a DecodeStats,
     sflow: &'a SflowStats,
     formats: &'a [u64; 5],
@@ -274,6 +277,7 @@ impl Summary<'_> {
             "templates_refused": s.templates_refused,
             "options_refused": s.options_refused,
             "primed_files": self.primed_files,
+            "sets_waiting_for_template": self.waiting,
             "skipped_packets": {
                 "fragments": c.skipped.fragments,
                 "non_ip": c.skipped.non_ip,
@@ -374,6 +378,13 @@ impl Summary<'_> {
         }
         if self.primed_files > 0 {
             line += &format!("; after priming with {} file(s)", self.primed_files);
+        }
+        if self.waiting > 0 {
+            line += &format!(
+                "; {} data set(s) still wait for a template that this file never sent: give the \
+                 exporter's template capture with --prime",
+                self.waiting
+            );
         }
         line
     }

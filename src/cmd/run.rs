@@ -38,7 +38,11 @@ pub(crate) fn run(config_path: Option<&Path>, profile: Option<&str>) -> anyhow::
         version = env!("CARGO_PKG_VERSION"),
         config = %config_path.map_or("(defaults)".into(), |p| p.display().to_string()),
         workers = config.engine.workers,
-        dimensions = ?config.engine.dimensions,
+        dimensions = ?config
+            .engine
+            .dimension_specs()
+            .map(|d| d.iter().map(|d| d.name().to_string()).collect::<Vec<_>>())
+            .unwrap_or_default(),
         "flowplane starting"
     );
     let e = &config.engine;

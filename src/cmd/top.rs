@@ -61,6 +61,12 @@ pub(crate) fn top(args: &TopArgs) -> anyhow::Result<ExitCode> {
     let Some(dimension) = args.dimension.as_deref() else {
         return interfaces(args, &mut conn, prefix, end_sec);
     };
+    // `src_ip + dst_port` in the configuration is stored as `src_ip+dst_port`; match that.
+    let dimension = &dimension
+        .split('+')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("+");
     let known = valkey::dimensions(&mut conn, prefix)?;
     if !known.iter().any(|d| d == dimension) {
         let hint = if known.is_empty() {
