@@ -164,38 +164,11 @@ pub(crate) fn run_worker(
     let mut window = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let mut got_any = false;
-        for &fd in &fds {
-            // Drain this socket (bounded, so one busy socket cannot starve the others or the
-            // window clock).
-            for _ in 0..MAX_BATCHES_PER_TURN {
-                match rx.recv(fd) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        got_any = true;
-                        let now = unix_ms();
-                        let mut truncated = 0;
-                        for i in 0..n {
-                            let Some(d) = rx.get(i) else { break };
-                            truncated += u64::from(d.truncated);
-                            let src = d.src.unwrap_or(UNKNOWN_SRC);
-                            worker.on_datagram(src, now, d.payload);
-                        }
-                        worker.count_rx(truncated, 0, 0);
-                        if n < batch {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        worker.count_rx(0, 0, 1);
-                        if let Some(held_back) = err_log.check(std::time::Instant::now()) {
-                            warn!(%error, held_back, "Receive failed.");
-                        }
-                        break;
-                    }
-                }
+        let got_any = drain(&mut worker, &mut rx, &fds, batch, |error| {
+            if let Some(held_back) = err_log.check(std::time::Instant::now()) {
+                warn!(%error, held_back, "Receive failed.");
             }
-        }
+        });
 
         let now = unix_ms();
         if window != Some(now / 1000) {
@@ -341,23 +314,54 @@ pub(crate) fn run_worker_uring(
         warn!("io_uring requests did not finish cancelling within 1 s.");
     }
     let mut rx = RecvBatch::new(drain_batch);
-    for &fd in &fds {
-        for _ in 0..MAX_BATCHES_PER_TURN {
-            let Ok(n) = rx.recv(fd) else { break };
-            for i in 0..n {
-                let Some(d) = rx.get(i) else { break };
-                worker.count_rx(u64::from(d.truncated), 0, 0);
-                worker.on_datagram(d.src.unwrap_or(UNKNOWN_SRC), now, d.payload);
-            }
-            if n < drain_batch {
-                break;
-            }
-        }
-    }
+    drain(&mut worker, &mut rx, &fds, drain_batch, |error| {
+        warn!(%error, "Receive failed during the last drain.");
+    });
     worker.count_rx(0, drops.delta(&fds), 0);
     worker.finish(unix_ms());
     drop(sockets);
     debug!("Worker stopped.");
+}
+
+/// Reads every socket with `recvmmsg` until it is empty, at most [`MAX_BATCHES_PER_TURN`]
+/// batches each (so one busy socket cannot starve the others or the window clock), and hands
+/// every datagram to the worker with the time of its batch. A receive error is counted, given
+/// to `on_error`, and ends that socket's turn. Returns whether anything arrived.
+fn drain(
+    worker: &mut Worker,
+    rx: &mut RecvBatch,
+    fds: &[RawFd],
+    batch: usize,
+    mut on_error: impl FnMut(std::io::Error),
+) -> bool {
+    let mut got_any = false;
+    for &fd in fds {
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            match rx.recv(fd) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got_any = true;
+                    let now = unix_ms();
+                    let mut truncated = 0;
+                    for i in 0..n {
+                        let Some(d) = rx.get(i) else { break };
+                        truncated += u64::from(d.truncated);
+                        worker.on_datagram(d.src.unwrap_or(UNKNOWN_SRC), now, d.payload);
+                    }
+                    worker.count_rx(truncated, 0, 0);
+                    if n < batch {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    worker.count_rx(0, 0, 1);
+                    on_error(error);
+                    break;
+                }
+            }
+        }
+    }
+    got_any
 }
 
 /// Per-socket kernel drop counters, turned into deltas.
