@@ -19,8 +19,9 @@ pub(crate) struct ReplayArgs {
     #[arg(value_name = "FILE")]
     file: PathBuf,
 
-    /// Collector address, e.g. 127.0.0.1:2055.
-    #[arg(long, value_name = "ADDR")]
+    /// Collector address, e.g. 127.0.0.1:2055 or collector.example.net:4739 (a name is
+    /// resolved once, at start; the first address it resolves to is used).
+    #[arg(long, value_name = "ADDR", value_parser = parse_to)]
     to: SocketAddr,
 
     /// Datagrams per second. Without it, datagrams go out as fast as the socket takes them.
@@ -306,6 +307,19 @@ impl Sockets {
 
 fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     UdpSocket::bind(addr).map_err(|e: io::Error| anyhow::anyhow!("cannot bind UDP {addr}: {e}"))
+}
+
+fn parse_to(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{s}` resolves to no address")),
+        Err(e) => Err(format!("`{s}` is not HOST:PORT or cannot be resolved: {e}")),
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
