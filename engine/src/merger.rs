@@ -125,6 +125,7 @@ pub struct Merger {
     exporter_errors: ExporterErrorMap,
     stats: MergerStats,
     late_log: RateLimit,
+    behind_log: RateLimit,
 }
 
 /// Window bookkeeping, counted by shard 0 only.
@@ -191,6 +192,7 @@ impl Merger {
             exporter_errors: ExporterErrorMap::default(),
             stats: MergerStats::default(),
             late_log: RateLimit::new(Duration::from_secs(10)),
+            behind_log: RateLimit::new(Duration::from_secs(10)),
         }
     }
 
@@ -206,6 +208,19 @@ impl Merger {
             last,
         } = share;
         self.totals.add(&counters);
+        if counters.merger_behind_windows > 0
+            && let Some(held_back) = self.behind_log.check(Instant::now())
+        {
+            warn!(
+                worker,
+                windows = counters.merger_behind_windows,
+                records = counters.merger_behind_records,
+                held_back,
+                "A worker discarded windows because the merger was behind (it had no table set \
+                 back to continue into); the data plane kept receiving. The merger or the sinks \
+                 are too slow for this load: see merger_behind in the summary."
+            );
+        }
 
         if let Some(set) = set {
             for (exporter, errors) in &set.exporter_errors {
