@@ -120,21 +120,40 @@ pub(crate) fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
 /// SIGINT and SIGTERM set the returned flag, which asks the engine to flush and stop; a second
 /// signal while it is stopping exits at once (status 1).
 fn install_signal_handlers() -> anyhow::Result<Arc<AtomicBool>> {
-    // SIGHUP (a closed terminal, logrotate's habit) would end the process without a flush:
-    // it is taken and ignored instead. There is no reload; restart to apply a new configuration.
-    signal_hook::flag::register(
-        signal_hook::consts::SIGHUP,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .context("cannot install the SIGHUP handler")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
     let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Registered first, so it sees the flag before the second handler sets it: the first
-        // signal only sets the flag, the second (flag already true) exits.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&shutdown))
-            .context("cannot install the signal handler")?;
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .context("cannot install the signal handler")?;
-    }
+    // The handlers only queue the signal; a small thread says what it does with each. SIGHUP (a
+    // closed terminal, logrotate's habit) would otherwise end the process without a flush: it
+    // is logged and ignored; there is no reload.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the signal handlers")?;
+    let flag = Arc::clone(&shutdown);
+    std::thread::Builder::new()
+        .name("fp-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    tracing::info!(
+                        "SIGHUP ignored: flowplane has no reload; restart it to apply a new \
+                         configuration."
+                    );
+                } else if !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!(
+                        signal,
+                        "Stopping: the open window is flushed first (a second signal exits at \
+                         once)."
+                    );
+                } else {
+                    tracing::warn!(
+                        signal,
+                        "Second signal: exiting at once; windows not yet written to the sinks \
+                         are lost (the last summary line has the counts)."
+                    );
+                    std::process::exit(1);
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
     Ok(shutdown)
 }
