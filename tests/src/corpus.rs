@@ -96,3 +96,23 @@ fn malformed_files(manifest: &str) -> Vec<String> {
 pub fn file(dir: &Path, rel: &str) -> PathBuf {
     dir.join(rel)
 }
+
+/// The corpus directory for a corpus test, or `None` when `FLOWPLANE_SKIP_CORPUS=1` (the test
+/// then says so under `label`). Panics when the corpus or tshark is missing: a corpus test
+/// that silently passes without its inputs proves nothing.
+pub fn dir_or_skip(label: &str) -> Option<std::path::PathBuf> {
+    if std::env::var("FLOWPLANE_SKIP_CORPUS").as_deref() == Ok("1") {
+        eprintln!("{label}: FLOWPLANE_SKIP_CORPUS=1, skipped");
+        return None;
+    }
+    let dir = crate::env::corpus_dir();
+    assert!(
+        dir.join("INDEX.tsv").is_file(),
+        "corpus not found at {} (set FLOWPLANE_CORPUS, or FLOWPLANE_SKIP_CORPUS=1 to skip)",
+        dir.display()
+    );
+    if let Err(e) = crate::env::require_tool("tshark") {
+        panic!("{e} (or set FLOWPLANE_SKIP_CORPUS=1 to skip)");
+    }
+    Some(dir)
+}

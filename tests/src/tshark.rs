@@ -127,6 +127,23 @@ fn pdml(capture: &Path, args: &[String]) -> Result<String> {
 ///
 /// The text is not well-formed XML.
 pub fn parse_pdml(text: &str) -> Result<Vec<Frame>> {
+    Ok(walk_pdml(text, "cflow", parse_cflow)?
+        .into_iter()
+        .map(|(number, export, malformed)| Frame {
+            number,
+            export,
+            malformed,
+        })
+        .collect())
+}
+
+/// Every packet of tshark's PDML as (frame number, the first `layer` proto parsed by `parse`,
+/// whether tshark flagged anything in it as malformed).
+fn walk_pdml<T>(
+    text: &str,
+    layer: &str,
+    parse: impl Fn(roxmltree::Node<'_, '_>) -> T,
+) -> Result<Vec<(usize, Option<T>, bool)>> {
     let doc = roxmltree::Document::parse_with_options(
         text,
         roxmltree::ParsingOptions {
@@ -141,31 +158,26 @@ pub fn parse_pdml(text: &str) -> Result<Vec<Frame>> {
         .filter(|n| n.has_tag_name("packet"))
         .enumerate()
     {
-        let mut frame = Frame {
-            number: i + 1,
-            ..Frame::default()
-        };
+        let (mut number, mut parsed, mut malformed) = (i + 1, None, false);
         for proto in packet.children().filter(|n| n.has_tag_name("proto")) {
             match proto.attribute("name") {
                 Some("geninfo") => {
                     if let Some(n) = find_field(proto, "num").and_then(|s| s.parse().ok()) {
-                        frame.number = n;
+                        number = n;
                     }
                 }
-                Some("cflow") if frame.export.is_none() => {
-                    frame.export = Some(parse_cflow(proto));
-                }
-                Some("_ws.malformed") => frame.malformed = true,
+                Some(name) if name == layer && parsed.is_none() => parsed = Some(parse(proto)),
+                Some("_ws.malformed") => malformed = true,
                 _ => {}
             }
             if proto
                 .descendants()
                 .any(|n| n.attribute("name") == Some("_ws.malformed"))
             {
-                frame.malformed = true;
+                malformed = true;
             }
         }
-        frames.push(frame);
+        frames.push((number, parsed, malformed));
     }
     Ok(frames)
 }
@@ -478,47 +490,14 @@ pub fn dissect_sflow(capture: &Path) -> Result<Vec<SflowFrame>> {
 ///
 /// The text is not well-formed XML.
 pub fn parse_sflow_pdml(text: &str) -> Result<Vec<SflowFrame>> {
-    let doc = roxmltree::Document::parse_with_options(
-        text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )?;
-    let mut frames = Vec::new();
-    for (i, packet) in doc
-        .root_element()
-        .children()
-        .filter(|n| n.has_tag_name("packet"))
-        .enumerate()
-    {
-        let mut frame = SflowFrame {
-            number: i + 1,
-            ..SflowFrame::default()
-        };
-        for proto in packet.children().filter(|n| n.has_tag_name("proto")) {
-            match proto.attribute("name") {
-                Some("geninfo") => {
-                    if let Some(n) = find_field(proto, "num").and_then(|s| s.parse().ok()) {
-                        frame.number = n;
-                    }
-                }
-                Some("sflow") if frame.datagram.is_none() => {
-                    frame.datagram = Some(parse_sflow(proto));
-                }
-                Some("_ws.malformed") => frame.malformed = true,
-                _ => {}
-            }
-            if proto
-                .descendants()
-                .any(|n| n.attribute("name") == Some("_ws.malformed"))
-            {
-                frame.malformed = true;
-            }
-        }
-        frames.push(frame);
-    }
-    Ok(frames)
+    Ok(walk_pdml(text, "sflow", parse_sflow)?
+        .into_iter()
+        .map(|(number, datagram, malformed)| SflowFrame {
+            number,
+            datagram,
+            malformed,
+        })
+        .collect())
 }
 
 fn parse_sflow(proto: roxmltree::Node<'_, '_>) -> SflowDatagram {

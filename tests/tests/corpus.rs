@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flowplane::capture::{Container, Datagram, read_capture};
 use flowplane_decoders::{
@@ -94,7 +94,9 @@ const EXCEPTIONS: &[Exception] = &[
 
 #[test]
 fn corpus_matches_tshark() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus") else {
+        return;
+    };
     let entries = corpus::read_index(&dir).expect("read the corpus index");
     let mut totals: HashMap<&'static str, (usize, usize)> = HashMap::new();
     let mut failures = Vec::new();
@@ -150,7 +152,9 @@ fn corpus_matches_tshark() {
 
 #[test]
 fn malformed_files_count_errors() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus") else {
+        return;
+    };
     let entries = corpus::read_index(&dir).expect("read the corpus index");
     let mut seen = 0;
     for e in entries
@@ -205,7 +209,9 @@ fn malformed_files_count_errors() {
 /// and check the report names the file, frame, record, field and both values.
 #[test]
 fn comparator_reports_a_flipped_field() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus") else {
+        return;
+    };
     let entries = corpus::read_index(&dir).expect("read the corpus index");
     for (path, field) in [
         ("akvorado/nfv5.pcap", Flip::Bytes),
@@ -258,25 +264,6 @@ enum Flip {
 
 // ---------------------------------------------------------------------------------------------
 // Environment.
-
-/// The corpus directory, or `None` when `FLOWPLANE_SKIP_CORPUS=1`. Panics when the corpus or
-/// tshark is missing: a corpus test that silently passes without its inputs proves nothing.
-fn corpus_or_skip() -> Option<PathBuf> {
-    if std::env::var("FLOWPLANE_SKIP_CORPUS").as_deref() == Ok("1") {
-        eprintln!("corpus: FLOWPLANE_SKIP_CORPUS=1, skipped");
-        return None;
-    }
-    let dir = env::corpus_dir();
-    assert!(
-        dir.join("INDEX.tsv").is_file(),
-        "corpus not found at {} (set FLOWPLANE_CORPUS, or FLOWPLANE_SKIP_CORPUS=1 to skip)",
-        dir.display()
-    );
-    if let Err(e) = env::require_tool("tshark") {
-        panic!("{e} (or set FLOWPLANE_SKIP_CORPUS=1 to skip)");
-    }
-    Some(dir)
-}
 
 fn proto_label(p: &str) -> &'static str {
     if p.contains("file format") {

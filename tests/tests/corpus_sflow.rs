@@ -21,7 +21,6 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
 use flowplane::capture::{Datagram, read_capture};
 use flowplane_decoders::sflow::{CounterSample, DataFormat};
@@ -29,8 +28,8 @@ use flowplane_decoders::{
     CounterRecord, DatagramResult, Decoder, DecoderLimits, FlowRecord, SflowPacket, addr_to_bytes,
     bytes_to_addr,
 };
+use flowplane_tests::corpus;
 use flowplane_tests::tshark::{self, Record, SflowDatagram, SflowFrame, SflowSample};
-use flowplane_tests::{corpus, env};
 
 // ---------------------------------------------------------------------------------------------
 // Exceptions: where tshark 4.0 departs from the sFlow specification and flowplane does not.
@@ -81,7 +80,9 @@ const EXCEPTIONS: &[Exception] = &[Exception {
 
 #[test]
 fn sflow_corpus_matches_tshark() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus_sflow") else {
+        return;
+    };
     let entries = corpus::read_index(&dir).expect("read the corpus index");
     let mut failures = Vec::new();
     let mut used = vec![false; EXCEPTIONS.len()];
@@ -134,7 +135,9 @@ fn sflow_corpus_matches_tshark() {
 
 #[test]
 fn malformed_sflow_files_count_errors() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus_sflow") else {
+        return;
+    };
     let entries = corpus::read_index(&dir).expect("read the corpus index");
     let mut seen = 0;
     for e in entries
@@ -170,7 +173,9 @@ fn malformed_sflow_files_count_errors() {
 /// and check that the report names the file, the sample, the field and both values.
 #[test]
 fn sflow_comparator_reports_a_flipped_field() {
-    let Some(dir) = corpus_or_skip() else { return };
+    let Some(dir) = corpus::dir_or_skip("corpus_sflow") else {
+        return;
+    };
     let mut used = vec![false; EXCEPTIONS.len()];
 
     let path = "akvorado/data-1140.pcap";
@@ -199,23 +204,6 @@ fn sflow_comparator_reports_a_flipped_field() {
 
 // ---------------------------------------------------------------------------------------------
 // Environment.
-
-fn corpus_or_skip() -> Option<PathBuf> {
-    if std::env::var("FLOWPLANE_SKIP_CORPUS").as_deref() == Ok("1") {
-        eprintln!("corpus_sflow: FLOWPLANE_SKIP_CORPUS=1, skipped");
-        return None;
-    }
-    let dir = env::corpus_dir();
-    assert!(
-        dir.join("INDEX.tsv").is_file(),
-        "corpus not found at {} (set FLOWPLANE_CORPUS, or FLOWPLANE_SKIP_CORPUS=1 to skip)",
-        dir.display()
-    );
-    if let Err(e) = env::require_tool("tshark") {
-        panic!("{e} (or set FLOWPLANE_SKIP_CORPUS=1 to skip)");
-    }
-    Some(dir)
-}
 
 fn is_sflow(d: &Datagram) -> bool {
     d.payload.starts_with(&[0, 0, 0, 5])

@@ -308,21 +308,29 @@ fn export(
                     pcap.display(),
                 ),
             )?;
-            let out = Command::new("timeout")
-                .args(["60", "pmacctd", "-f"])
-                .arg(&conf)
-                .output()?;
-            // The same shutdown race as with sfprobe (see `export_sflow`): status 1 after a
-            // complete run is accepted; the export is checked datagram by datagram.
-            let log = String::from_utf8_lossy(&out.stderr).into_owned();
-            let finished = log.contains("Exporting flows to") && log.contains("Shutting down");
-            ensure!(
-                out.status.success() || (out.status.code() == Some(1) && finished),
-                "pmacctd failed: {out:?}"
-            );
-            log
+            run_pmacctd(&conf)?
         }
     })
+}
+
+/// Runs `pmacctd -f CONF` (at most 60 s) and returns its log.
+///
+/// pmacctd 1.7.7 sometimes exits with status 1 after a complete run, when its plugin finishes
+/// before the core ("connection lost to 'default_sfprobe-sfprobe'"). That exit is accepted when
+/// the log shows the export started and the plugin shut down at the end of the file; what it
+/// exported is checked datagram by datagram by the callers.
+fn run_pmacctd(conf: &Path) -> Result<String> {
+    let out = Command::new("timeout")
+        .args(["60", "pmacctd", "-f"])
+        .arg(conf)
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let finished = log.contains("Exporting flows to") && log.contains("Shutting down");
+    ensure!(
+        out.status.success() || (out.status.code() == Some(1) && finished),
+        "pmacctd failed: {out:?}"
+    );
+    Ok(log)
 }
 
 /// Runs one exporter over the traffic and checks everything that arrived.
@@ -482,20 +490,7 @@ fn export_sflow(dir: &Path, pcap: &Path, to: SocketAddr) -> Result<()> {
             pcap.display(),
         ),
     )?;
-    let out = Command::new("timeout")
-        .args(["60", "pmacctd", "-f"])
-        .arg(&conf)
-        .output()?;
-    // pmacctd 1.7.7 sometimes exits with status 1 after a complete run, when the sfprobe plugin
-    // finishes before the core ("connection lost to 'default_sfprobe-sfprobe'"). That exit is
-    // accepted when the log shows the export started and the plugin shut down at the end of
-    // the file; what it exported is checked datagram by datagram by the callers.
-    let log = String::from_utf8_lossy(&out.stderr);
-    let finished = log.contains("Exporting flows to") && log.contains("Shutting down");
-    ensure!(
-        out.status.success() || (out.status.code() == Some(1) && finished),
-        "pmacctd (sfprobe) failed: {out:?}"
-    );
+    run_pmacctd(&conf)?;
     Ok(())
 }
 
