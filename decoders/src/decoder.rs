@@ -173,6 +173,8 @@ pub struct Decoder {
     sflow_agents: HashMap<SflowAgentKey, SflowAgentState>,
     /// Flow sample sources tracked, all agents together; at most [`SFLOW_MAX_SOURCES`].
     sflow_sources: usize,
+    /// [`Decoder::make_room`] does not scan before this time (see there).
+    no_room_until_ms: u64,
 }
 
 impl Decoder {
@@ -188,6 +190,7 @@ impl Decoder {
             sflow_stats: SflowStats::default(),
             sflow_agents: HashMap::new(),
             sflow_sources: 0,
+            no_room_until_ms: 0,
         }
     }
 
@@ -436,21 +439,32 @@ impl Decoder {
 
     /// Makes room for `addr` when every exporter slot is taken and it has none: the exporter
     /// heard from longest ago gives its slot up if it has been silent for at least
-    /// [`EXPORTER_EVICT_IDLE_MS`] (its templates and held data go with it, counted). O(slots),
-    /// and only when a new exporter meets a full table.
+    /// [`EXPORTER_EVICT_IDLE_MS`] (its templates and held data go with it, counted). A scan is
+    /// O(slots), only when a new exporter meets a full table, and at most once until an
+    /// exporter can have become evictable.
     fn make_room(&mut self, addr: SocketAddr, now_ms: u64) {
         if self.exporters.len() < self.limits.max_exporters || self.exporters.contains_key(&addr) {
             return;
         }
-        let stalest = self
+        // No exporter can be evictable before the stalest one found by the last scan turns
+        // `EXPORTER_EVICT_IDLE_MS` old (last-seen times only grow): until then a stream of
+        // newcomers costs no scan each.
+        if now_ms < self.no_room_until_ms {
+            return;
+        }
+        let Some((&stalest, last_seen)) = self
             .exporters
             .iter()
             .min_by_key(|(_, s)| s.last_seen_ms)
-            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) >= EXPORTER_EVICT_IDLE_MS)
-            .map(|(a, _)| *a);
-        if let Some(a) = stalest
-            && let Some(held) = self.forget(a)
-        {
+            .map(|(a, s)| (a, s.last_seen_ms))
+        else {
+            return;
+        };
+        if now_ms.saturating_sub(last_seen) < EXPORTER_EVICT_IDLE_MS {
+            self.no_room_until_ms = last_seen.saturating_add(EXPORTER_EVICT_IDLE_MS);
+            return;
+        }
+        if let Some(held) = self.forget(stalest) {
             self.stats.exporters_evicted += 1;
             self.stats.held_sets_evicted += held;
         }
