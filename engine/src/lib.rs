@@ -21,6 +21,7 @@ mod rx;
 mod sink_driver;
 mod sys;
 pub mod table;
+pub mod transmit;
 mod uring;
 pub mod worker;
 pub mod zscore;
