@@ -358,11 +358,9 @@ impl EngineConfig {
     /// The dimensions do not parse.
     pub fn memory_estimate(&self) -> Result<u64, ConfigError> {
         let dims = self.dimension_specs()?;
-        // Per slot: a 4-byte tag, the key, the five counters; plus a 4-byte index per usable
-        // slot (7/8 of them).
         let table = |capacity: usize| -> u64 {
             dims.iter()
-                .map(|d| (capacity * (4 + d.key_len() + 40) + capacity / 8 * 7 * 4) as u64)
+                .map(|d| crate::table::Table::bytes_for(capacity, d.key_len()) as u64)
                 .sum()
         };
         let workers = self.workers as u64;

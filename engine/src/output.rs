@@ -27,7 +27,11 @@ impl fmt::Display for KeyValue {
 }
 
 /// Byte, packet and flow totals of one key in one window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// `repr(C)` and plain old data, so that the aggregation table can keep it in the same cache
+/// line as its key (see `table`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct Totals {
     /// Octets, scaled by the sampling rate when scaling is on for the record's format.
     pub bytes: u64,

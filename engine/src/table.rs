@@ -3,17 +3,23 @@
 //!
 //! # Layout
 //!
-//! Structure of arrays, all allocated in [`Table::new`]:
+//! Two arrays, both allocated in [`Table::new`]:
 //!
 //! * `tags[slot]`: 0 for an empty slot, otherwise the upper 32 bits of the key's hash with the
-//!   lowest bit forced to 1 (so a full slot is never 0). Probing compares the tag first and
-//!   touches the key bytes only on a tag match.
-//! * `keys[slot * key_len ..][.. key_len]`: the key bytes. Every key of a table has the same
-//!   length (the dimension's [`crate::key::Dimension::key_len`]), so no length is stored; a
-//!   table belongs to exactly one dimension, which is its tag.
-//! * `values[slot]`: the [`Totals`].
+//!   lowest bit forced to 1 (so a full slot is never 0). Probing reads only this dense array
+//!   (16 tags per cache line) and touches a slot's key on a tag match.
+//! * `slots`: per slot, the [`Totals`] (5 words) followed by the key, zero-padded to whole
+//!   64-bit words. A slot takes 64 bytes (one cache line, the array being 64-byte aligned)
+//!   whenever the key fits in 24 bytes, as every built-in dimension but the widest
+//!   combinations does; longer keys take `5 + ceil(len / 8)` words. An update that hits
+//!   therefore costs the tag's cache line and one slot line, instead of three separate arrays
+//!   for tags, keys and totals. Keys compare word by word, without a `memcmp` call.
 //! * `used`: the occupied slot numbers in insertion order, so that iterating and clearing cost
 //!   the number of keys, not the capacity.
+//!
+//! Every key of a table has the same length (the dimension's
+//! [`crate::key::Dimension::key_len`]), so no length is stored; a table belongs to exactly one
+//! dimension, which is its tag.
 //!
 //! # Probe sequence
 //!
@@ -44,18 +50,68 @@ use foldhash::fast::FixedState;
 
 use crate::output::Totals;
 
+/// Words of a slot that hold the [`Totals`].
+const TOTALS_WORDS: usize = size_of::<Totals>() / 8;
+
+/// Words of the longest key.
+const KEY_WORDS_MAX: usize = crate::key::KEY_MAX.div_ceil(8);
+
+/// One cache line of slot words; the slot array is made of these so that it is 64-byte
+/// aligned.
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+
 /// A fixed-capacity open-addressing map from `key_len`-byte keys to [`Totals`].
 #[derive(Clone, Debug)]
 pub struct Table {
     key_len: usize,
+    key_words: usize,
+    /// Words per slot.
+    stride: usize,
     mask: usize,
     max_keys: usize,
     tags: Box<[u32]>,
-    keys: Box<[u8]>,
-    values: Box<[Totals]>,
+    slots: Box<[Line]>,
     used: Vec<u32>,
     overflow: Totals,
     overflow_adds: u64,
+}
+
+/// `key` as zero-padded native-endian words (so that the words, viewed as bytes, are the key).
+#[inline]
+fn key_words(key: &[u8]) -> [u64; KEY_WORDS_MAX] {
+    let mut w = [0u64; KEY_WORDS_MAX];
+    let mut chunks = key.chunks_exact(8);
+    let mut i = 0;
+    for chunk in chunks.by_ref() {
+        // `chunks_exact(8)` yields 8-byte chunks only.
+        w[i] = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+        i += 1;
+    }
+    let r = chunks.remainder().len();
+    if r > 0 && i < KEY_WORDS_MAX {
+        // The last `r` bytes as the low bytes of a little-endian value, built from registers:
+        // a byte-wise copy into a stack word followed by a word load stalls store forwarding,
+        // which cost more than the whole probe.
+        let v = if key.len() >= 8 {
+            let last: [u8; 8] = key[key.len() - 8..].try_into().unwrap_or([0; 8]);
+            u64::from_le_bytes(last) >> (8 * (8 - r))
+        } else {
+            key.iter()
+                .enumerate()
+                .fold(0u64, |v, (j, &b)| v | (u64::from(b) << (8 * j)))
+        };
+        // Native order, so that the word viewed as bytes is the key's tail, zero-padded.
+        w[i] = u64::from_le(v);
+    }
+    w
+}
+
+/// Word-wise equality without an early exit or a `memcmp` call (keys are 1 to 9 words).
+#[inline]
+fn same(a: &[u64], b: &[u64]) -> bool {
+    a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 impl Table {
@@ -77,17 +133,28 @@ impl Table {
         );
         assert!(u32::try_from(capacity).is_ok(), "capacity {capacity}");
         let max_keys = capacity - capacity / 8;
+        let key_words = key_len.div_ceil(8);
+        let stride = (TOTALS_WORDS + key_words).max(8);
+        let lines = (capacity * stride).div_ceil(8);
         Self {
             key_len,
+            key_words,
+            stride,
             mask: capacity - 1,
             max_keys,
             tags: vec![0; capacity].into_boxed_slice(),
-            keys: vec![0; capacity * key_len].into_boxed_slice(),
-            values: vec![Totals::default(); capacity].into_boxed_slice(),
+            slots: vec![Line([0; 8]); lines].into_boxed_slice(),
             used: Vec::with_capacity(max_keys),
             overflow: Totals::default(),
             overflow_adds: 0,
         }
+    }
+
+    /// Bytes a table of `capacity` slots for `key_len`-byte keys allocates: per slot a 4-byte
+    /// tag and the slot's words, plus a 4-byte index per usable slot (7/8 of them).
+    pub fn bytes_for(capacity: usize, key_len: usize) -> usize {
+        let stride = (TOTALS_WORDS + key_len.div_ceil(8)).max(8);
+        capacity * (4 + 8 * stride) + capacity / 8 * 7 * 4
     }
 
     /// Adds `t` to the totals of `key`. Returns `false` when the key was new and the table was
@@ -101,16 +168,29 @@ impl Table {
             self.add_overflow(t);
             return false;
         }
+        let want = key_words(key);
+        let kw = self.key_words;
         let hash = hash_key(key);
         let tag = ((hash >> 32) as u32) | 1;
         let mut slot = (hash as usize) & self.mask;
+        let stride = self.stride;
+        let words: &mut [u64] = bytemuck::cast_slice_mut(&mut self.slots);
         loop {
             let at = self.tags[slot];
             if at == 0 {
                 break;
             }
-            if at == tag && self.key_at(slot) == key {
-                self.values[slot].add(t);
+            let base = slot * stride;
+            if at == tag
+                && same(
+                    &words[base + TOTALS_WORDS..base + TOTALS_WORDS + kw],
+                    &want[..kw],
+                )
+            {
+                let v: &mut Totals = bytemuck::from_bytes_mut(bytemuck::cast_slice_mut(
+                    &mut words[base..base + TOTALS_WORDS],
+                ));
+                v.add(t);
                 return true;
             }
             slot = (slot + 1) & self.mask;
@@ -122,9 +202,10 @@ impl Table {
             return false;
         }
         self.tags[slot] = tag;
-        let kl = self.key_len;
-        self.keys[slot * kl..(slot + 1) * kl].copy_from_slice(key);
-        self.values[slot] = *t;
+        let base = slot * stride;
+        words[base..base + TOTALS_WORDS]
+            .copy_from_slice(bytemuck::cast_slice(std::slice::from_ref(t)));
+        words[base + TOTALS_WORDS..base + TOTALS_WORDS + kw].copy_from_slice(&want[..kw]);
         // `slot <= mask < u32::MAX` (checked in `new`).
         self.used.push(slot as u32);
         true
@@ -135,16 +216,25 @@ impl Table {
         if key.len() != self.key_len {
             return None;
         }
+        let want = key_words(key);
+        let kw = self.key_words;
         let hash = hash_key(key);
         let tag = ((hash >> 32) as u32) | 1;
         let mut slot = (hash as usize) & self.mask;
+        let words = self.words();
         loop {
             let at = self.tags[slot];
             if at == 0 {
                 return None;
             }
-            if at == tag && self.key_at(slot) == key {
-                return Some(&self.values[slot]);
+            let base = slot * self.stride;
+            if at == tag
+                && same(
+                    &words[base + TOTALS_WORDS..base + TOTALS_WORDS + kw],
+                    &want[..kw],
+                )
+            {
+                return Some(self.totals_at(slot));
             }
             slot = (slot + 1) & self.mask;
         }
@@ -197,7 +287,7 @@ impl Table {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Totals)> + '_ {
         self.used.iter().map(|&s| {
             let s = s as usize;
-            (self.key_at(s), &self.values[s])
+            (self.key_at(s), self.totals_at(s))
         })
     }
 
@@ -247,8 +337,23 @@ impl Table {
     }
 
     #[inline]
+    fn words(&self) -> &[u64] {
+        bytemuck::cast_slice(&self.slots)
+    }
+
+    #[inline]
     fn key_at(&self, slot: usize) -> &[u8] {
-        &self.keys[slot * self.key_len..(slot + 1) * self.key_len]
+        let base = slot * self.stride + TOTALS_WORDS;
+        let words = &self.words()[base..base + self.key_words];
+        &bytemuck::cast_slice::<u64, u8>(words)[..self.key_len]
+    }
+
+    #[inline]
+    fn totals_at(&self, slot: usize) -> &Totals {
+        let base = slot * self.stride;
+        bytemuck::from_bytes(bytemuck::cast_slice(
+            &self.words()[base..base + TOTALS_WORDS],
+        ))
     }
 
     fn add_overflow(&mut self, t: &Totals) {
