@@ -106,6 +106,9 @@ fn merge(c: &mut Criterion) {
     let t = totals();
     let capacity = capacity_for(MERGE_KEYS);
     let mut g = c.benchmark_group("table_merge");
+    // One iteration merges up to 800 000 keys (tens of milliseconds): ten samples keep the
+    // run short.
+    g.sample_size(10);
 
     for workers in [2usize, 4, 8] {
         // Worker w sees keys [w * 50 000, w * 50 000 + 100 000): each shares half its keys
