@@ -95,7 +95,8 @@ fn window() -> WindowBatch {
         window_start: 1_767_225_600,
         dimensions,
         alerts,
-        counters: Vec::new(),
+        // No interface counter samples (NetFlow-style traffic); fields added later default.
+        ..WindowBatch::default()
     }
 }
 
