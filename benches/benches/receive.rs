@@ -10,7 +10,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowplane_benches::netflow_v5;
+use flowplane::r#gen::wire::Format;
+use flowplane_benches::datagram;
 use flowplane_engine::ReceiveBackend;
 use flowplane_engine::receive::{Receiver, io_uring_usable};
 
@@ -19,7 +20,7 @@ const BURST: usize = 64;
 fn receive(c: &mut Criterion) {
     let mut g = c.benchmark_group("receive_loopback");
     g.throughput(Throughput::Elements(BURST as u64));
-    let datagram = netflow_v5(1, 30, 10_000);
+    let datagram = datagram(Format::V5, 1, 30, 10_000, false);
 
     let mut backends = vec![("recvmmsg", ReceiveBackend::Recvmmsg)];
     match io_uring_usable() {

@@ -1,5 +1,6 @@
 //! One worker's data path without sockets: decode + aggregate into the default six dimensions,
-//! per record, for IPFIX and NetFlow v5 datagrams of 30 records over 10 000 distinct flows.
+//! per record, for IPFIX and NetFlow v5 datagrams of 30 records over 10 000 distinct flows
+//! (built by the flow generator's encoder, `flowplane::gen::wire`).
 //! This is the per-core ceiling of the receive loop (the `recvmmsg` cost comes on top).
 //!
 //! `cargo bench -p flowplane-benches --bench worker`
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::unbounded;
-use flowplane_benches::{ipfix_data, ipfix_template, netflow_v5};
+use flowplane::r#gen::wire::Format;
+use flowplane_benches::{EXPORT_MS, datagram, template};
 use flowplane_engine::EngineConfig;
 use flowplane_engine::worker::Worker;
 
@@ -22,11 +24,15 @@ fn worker(c: &mut Criterion) {
     g.throughput(Throughput::Elements(30));
 
     // 64 different datagrams, so the keys rotate over the 10 000 flows.
-    let ipfix: Vec<Vec<u8>> = (0..64).map(|s| ipfix_data(s, 30, 10_000)).collect();
-    let v5: Vec<Vec<u8>> = (0..64).map(|s| netflow_v5(s, 30, 10_000)).collect();
+    let ipfix: Vec<Vec<u8>> = (0..64)
+        .map(|s| datagram(Format::Ipfix, s, 30, 10_000, false))
+        .collect();
+    let v5: Vec<Vec<u8>> = (0..64)
+        .map(|s| datagram(Format::V5, s, 30, 10_000, false))
+        .collect();
 
     for (name, dgs, tpl) in [
-        ("ipfix_30_records_6_dims", &ipfix, Some(ipfix_template())),
+        ("ipfix_30_records_6_dims", &ipfix, template(Format::Ipfix)),
         ("netflow_v5_30_records_6_dims", &v5, None),
     ] {
         g.bench_function(name, |b| {
@@ -43,7 +49,7 @@ fn worker(c: &mut Criterion) {
             );
             // One window for the whole run: the clock stands still, so the measurement is the
             // steady state of decode + table updates (window handoff is once per second).
-            let now = 1_764_800_000_000;
+            let now = EXPORT_MS;
             if let Some(t) = &tpl {
                 w.on_datagram(exporter, now, t);
             }

@@ -668,24 +668,32 @@ fn fill_totals(doc: &mut Map<String, Value>, t: &Totals) {
     }
 }
 
+/// Which of the sink's topics a [`Message`] goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Topic {
+pub enum Topic {
+    /// `aggregates_topic`: per-key and overflow documents.
     Aggregates,
+    /// `alerts_topic`: Z-score alerts.
     Alerts,
+    /// `counters_topic`: interface counter samples.
     Counters,
 }
 
 /// One message to produce.
-#[derive(Debug)]
-struct Message {
-    topic: Topic,
-    key: String,
-    payload: String,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Destination topic.
+    pub topic: Topic,
+    /// Message key (partitioning).
+    pub key: String,
+    /// JSON document.
+    pub payload: String,
 }
 
 /// Every message of a window: each key's aggregate, each nonzero overflow, each alert, each
-/// interface counter sample.
-fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
+/// interface counter sample. This is everything [`KafkaSink`] does for a window except
+/// producing; `instance` names the writer in the documents.
+pub fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
     let w = batch.window_start;
     let mut out = Vec::new();
     for dim in &batch.dimensions {

@@ -195,7 +195,7 @@ impl ValkeySink {
     }
 
     fn write(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
-        let chunks = plan(
+        let chunks = encode_window(
             batch,
             &self.config.key_prefix,
             &self.instance,
@@ -742,15 +742,34 @@ pub fn interfaces_seen(conn: &mut Connection, prefix: &str) -> Result<Vec<String
     Ok(all)
 }
 
-/// One transaction of a window's write, and the marker it sets.
+/// One transaction of a window's write, and the marker it sets. See [`encode_window`].
 #[derive(Debug)]
-struct Chunk {
+pub struct Chunk {
     pipe: Pipeline,
     marker: String,
 }
 
-/// Builds a window's transactions, in a fixed order (so a resend builds the same chunks).
-fn plan(
+impl Chunk {
+    /// The `MULTI`/`EXEC` pipeline: the chunk's increments, the `EXPIRE` of every key it
+    /// writes and the `SET` of its marker.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipe
+    }
+
+    /// The marker key the chunk sets; [`ValkeySink`] skips a chunk whose marker exists.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+}
+
+/// Builds the transactions that write `batch` (the [module documentation](self) gives the
+/// layout), in a fixed order so that a resend builds the same chunks: everything
+/// [`ValkeySink`] does for a window except the network round trips.
+///
+/// `prefix` is the key prefix, `instance` names the writer in the markers, `ttl` is the expiry
+/// in seconds and `max_commands` the size at which a window is split into another chunk. An
+/// empty window yields no chunk.
+pub fn encode_window(
     batch: &WindowBatch,
     prefix: &str,
     instance: &str,
@@ -1177,7 +1196,7 @@ mod tests {
 
     #[test]
     fn one_window_is_one_transaction_of_increments_with_expiries() {
-        let chunks = plan(&batch(2), "fp", "i", 301, 100_000);
+        let chunks = encode_window(&batch(2), "fp", "i", 301, 100_000);
         assert_eq!(chunks.len(), 1);
         let cmds = commands(&chunks[0].pipe);
         assert!(cmds.contains(&"ZINCRBY fp:z:dst_port:1700000000 100 0".to_owned()));
@@ -1200,7 +1219,7 @@ mod tests {
 
     #[test]
     fn big_windows_split_into_chunks_that_each_expire_what_they_write() {
-        let chunks = plan(&batch(1_000), "fp", "i", 301, 1_000);
+        let chunks = encode_window(&batch(1_000), "fp", "i", 301, 1_000);
         assert!(chunks.len() >= 5, "{}", chunks.len());
         let mut zincrby = 0;
         for (i, chunk) in chunks.iter().enumerate() {
@@ -1216,10 +1235,10 @@ mod tests {
 
     #[test]
     fn empty_windows_write_nothing_and_overflow_alone_is_written() {
-        assert!(plan(&batch(0), "fp", "i", 301, 1_000).is_empty());
+        assert!(encode_window(&batch(0), "fp", "i", 301, 1_000).is_empty());
         let mut b = batch(0);
         b.dimensions[0].overflow.bytes = 7;
-        let chunks = plan(&b, "fp", "i", 301, 1_000);
+        let chunks = encode_window(&b, "fp", "i", 301, 1_000);
         let cmds = commands(&chunks[0].pipe);
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 overflow_bytes 7".to_owned()));
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 7".to_owned()));
@@ -1256,7 +1275,7 @@ mod tests {
     fn counter_samples_are_gauges_in_their_own_arrival_second() {
         let mut b = batch(1);
         b.counters = vec![counters(Some(0.5)), counters(None)];
-        let chunks = plan(&b, "fp", "i", 301, 100_000);
+        let chunks = encode_window(&b, "fp", "i", 301, 100_000);
         assert_eq!(chunks.len(), 1);
         let cmds = commands(&chunks[0].pipe);
         let s = 1_699_999_999;
@@ -1295,7 +1314,7 @@ mod tests {
         // Counters alone make a window, and change its fingerprint (a later batch of the same
         // second is not taken for a resend).
         let only = counters_only();
-        assert_eq!(plan(&only, "fp", "i", 301, 100_000).len(), 1);
+        assert_eq!(encode_window(&only, "fp", "i", 301, 100_000).len(), 1);
         let mut other = counters_only();
         other.counters[0].record.in_octets += 1;
         assert_ne!(fingerprint(&only), fingerprint(&other));
@@ -1319,7 +1338,7 @@ mod tests {
                 c
             })
             .collect();
-        let chunks = plan(&b, "fp", "i", 301, 300);
+        let chunks = encode_window(&b, "fp", "i", 301, 300);
         assert!(chunks.len() >= 9, "{}", chunks.len());
         let zadd: usize = chunks
             .iter()
