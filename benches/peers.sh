@@ -21,10 +21,13 @@
 #   --collectors L    FLOWPLANE_PEERS_COLLECTORS  any of nfcapd,nfacctd,flowplane (default all)
 #   --bisect          FLOWPLANE_PEERS_BISECT=1    one extra step halfway between the last pass and
 #                                                 the first failure
-#   --raise-rmem      FLOWPLANE_PEERS_RAISE_RMEM=1  raise net.core.rmem_max to the requested
-#                                                 receive buffer for the run (root; restored at
-#                                                 exit), so nfcapd and nfacctd get the buffer
-#                                                 flowplane gets through SO_RCVBUFFORCE
+#   --keep-rmem       FLOWPLANE_PEERS_RAISE_RMEM=0  leave net.core.rmem_max alone. By default,
+#                                                 as root, it is raised to the requested receive
+#                                                 buffer for the run and restored at exit: nfcapd
+#                                                 (-B) and nfacctd (nfacctd_pipe_size) ask with
+#                                                 SO_RCVBUF, which that limit caps, while flowplane
+#                                                 gets its buffer through SO_RCVBUFFORCE; without
+#                                                 it the peers would run with smaller buffers
 #   --self-check      one 2-second step at 20000 records/s for every collector whose tools are
 #                     present; exits non-zero unless each has a loss-free step (run by
 #                     tests/tests/peers.rs so that CI notices when this script rots)
@@ -71,7 +74,7 @@ rates_arg=${FLOWPLANE_PEERS_RATES:-250k,500k,1M,1.5M,2M,2.5M,3M,4M,5M,6M}
 step_secs=${FLOWPLANE_PEERS_STEP_SECS:-30}
 collectors=${FLOWPLANE_PEERS_COLLECTORS:-nfcapd,nfacctd,flowplane}
 bisect=${FLOWPLANE_PEERS_BISECT:-0}
-raise_rmem=${FLOWPLANE_PEERS_RAISE_RMEM:-0}
+raise_rmem=${FLOWPLANE_PEERS_RAISE_RMEM:-1}
 format=${FLOWPLANE_PEERS_FORMAT:-v9}
 flows=${FLOWPLANE_PEERS_FLOWS:-100000}
 exporters=${FLOWPLANE_PEERS_EXPORTERS:-4}
@@ -90,7 +93,7 @@ while [ $# -gt 0 ]; do
   --step-secs) step_secs=$2; shift ;;
   --collectors) collectors=$2; shift ;;
   --bisect) bisect=1 ;;
-  --raise-rmem) raise_rmem=1 ;;
+  --keep-rmem) raise_rmem=0 ;;
   --self-check) self_check=1 ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -158,6 +161,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Which collectors run: asked for, and their tools present (the self-check skips the absent ones;
 # a real run fails so that a missing tool is not mistaken for a result).
@@ -228,11 +232,19 @@ pin_gen=()
 [ -n "$gen_cpu" ] && pin_gen=(taskset -c "$gen_cpu")
 
 rmem_max=$(cat /proc/sys/net/core/rmem_max)
+rmem_text="net.core.rmem_max: $rmem_max"
 if [ "$raise_rmem" = 1 ] && [ "$rmem_max" -lt "$rcvbuf" ]; then
-  saved_rmem=$rmem_max
-  echo "$rcvbuf" >/proc/sys/net/core/rmem_max || die "cannot raise net.core.rmem_max (root?)"
-  note "net.core.rmem_max raised from $saved_rmem to $rcvbuf for this run"
-  rmem_max=$rcvbuf
+  if echo "$rcvbuf" 2>/dev/null >/proc/sys/net/core/rmem_max; then
+    saved_rmem=$rmem_max
+    note "net.core.rmem_max raised from $saved_rmem to $rcvbuf for this run"
+    rmem_text="net.core.rmem_max: raised from $saved_rmem to $rcvbuf for the run, so every collector could get the buffer it asked for"
+    rmem_max=$rcvbuf
+  else
+    note "cannot raise net.core.rmem_max (not root?): nfcapd and nfacctd get at most $rmem_max"
+  fi
+fi
+if [ "$rmem_max" -lt "$rcvbuf" ]; then
+  rmem_text="net.core.rmem_max: $rmem_max, below the buffer asked for: nfcapd and nfacctd got less receive buffer than flowplane (SO_RCVBUFFORCE); see the granted sizes below"
 fi
 
 port_hex=$(printf '%04X' "$port")
@@ -404,11 +416,13 @@ CONF
       die "nfacctd: none of the flush records reached the memory table; its count is incomplete"
     }
     extra=$(jq -n --argjson f "$flush_seen" --argjson p "$packets" --argjson e "$entries" \
-      --arg m "$(grep -c 'missing data detected' "$log" || true)" \
+      --arg m "$(grep -ci 'missing data detected' "$log" || true)" \
       '{flush_records_seen: $f, packets: $p, table_entries: $e,
         missing_data_warnings: ($m | tonumber)}')
     ;;
   esac
+  mkdir -p "$out/logs"
+  cp "$log" "$out/logs/$name-$rate.log"
   [ -n "$counted" ] || { cat "$log" >&2; die "$name: no record count"; }
   step_loss=$(awk -v s="$gen_sent" -v c="$counted" 'BEGIN { printf "%.8f", (s - c) / s }')
   step_pass=$(awk -v l="$step_loss" 'BEGIN { print (l < 0.0001 ? "true" : "false") }')
@@ -508,6 +522,9 @@ summary_of() {
        | max_by(.offered_records_per_sec)) as $pass
     | {collector: $name, version: $version,
        max_loss_free_records_per_sec: ($pass.offered_records_per_sec // 0),
+       max_loss_free_generator_records_per_sec: ($pass.generator_records_per_sec // null),
+       generator_limited: (($pass.generator_records_per_sec // null) as $g
+         | $g != null and $g < 0.95 * $pass.offered_records_per_sec),
        first_failing_records_per_sec: ($fail.offered_records_per_sec // null),
        first_failing_loss: ($fail.loss // null),
        ladder_top_passed: ($fail == null),
@@ -522,14 +539,14 @@ printf '%s\n' "${summaries[@]}" | jq -s --arg started "$started" --arg host "$(u
   --arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
   --argjson cpus "$cpus" --arg cores "$cores_text" --arg gen "$gen_text" \
   --argjson step "$step_secs" --argjson short "$short" --argjson rcvbuf "$rcvbuf" \
-  --argjson rmem "$rmem_max" --arg format "$format" --argjson flows "$flows" \
+  --argjson rmem "$rmem_max" --arg rmemtext "$rmem_text" --arg format "$format" --argjson flows "$flows" \
   --argjson exporters "$exporters" --argjson rpd "$rpd" --argjson self "$self_check" \
   --argjson bisect "$bisect" --arg skipped "${skipped[*]:-}" '
   {started: $started, host: $host, cpu_model: $cpu, cpus: $cpus, cores: $cores,
    generator: $gen, format: $format, flows: $flows, exporters: $exporters,
    records_per_datagram: $rpd, step_secs: $step, short_check: $short, self_check: ($self == 1),
    bisect: ($bisect == 1), loss_threshold: 0.0001, rcvbuf_requested_bytes: $rcvbuf,
-   rmem_max_bytes: $rmem, skipped: ($skipped | if . == "" then [] else [.] end),
+   rmem_max_bytes: $rmem, rmem_note: $rmemtext, skipped: ($skipped | if . == "" then [] else [.] end),
    collectors: .}' >"$out/peers.json"
 
 # Markdown report.
@@ -546,7 +563,9 @@ printf '%s\n' "${summaries[@]}" | jq -s --arg started "$started" --arg host "$(u
     (.collectors | map(select(.collector == "flowplane")) | .[0].max_loss_free_records_per_sec // null) as $fp
     | .collectors[]
     | [.collector, .version,
-       ((.max_loss_free_records_per_sec | tostring) + (if .ladder_top_passed then " (top of the ladder)" else "" end)),
+       ((.max_loss_free_records_per_sec | tostring)
+        + (if .generator_limited then " (the generator reached only \(.max_loss_free_generator_records_per_sec))" else "" end)
+        + (if .ladder_top_passed then " (top of the ladder)" else "" end)),
        (if .first_failing_records_per_sec == null then "none"
         else "\(.first_failing_records_per_sec) (\(.first_failing_loss * 100 | . * 10000 | round / 10000) %)" end),
        (if $fp == null then "n/a (flowplane not run)"
@@ -557,13 +576,13 @@ printf '%s\n' "${summaries[@]}" | jq -s --arg started "$started" --arg host "$(u
   echo
   jq -r '"- Machine: \(.host), \(.cpu_model), \(.cores).",
     "- Generator: \(.generator); steps of \(.step_secs) s, each with a freshly started collector; a step passes when loss < 0.01 %; the climb stops at the first failing step\(if .bisect then " (then one step halfway back)" else "" end).",
-    "- Receive buffer asked of every collector: \(.rcvbuf_requested_bytes) bytes; net.core.rmem_max: \(.rmem_max_bytes) (nfcapd -B and nfacctd_pipe_size are capped by it; flowplane uses SO_RCVBUFFORCE)."' "$out/peers.json"
+    "- Receive buffer asked of every collector: \(.rcvbuf_requested_bytes) bytes; \(.rmem_note)."' "$out/peers.json"
   jq -r '.collectors[] | select(.collector != "flowplane")
-    | "- \(.collector): socket buffer granted (ss rb): \([.steps[].socket_rcvbuf_bytes] | unique | map(tostring) | join(", ")) bytes; kernel drops per step: \([.steps[].kernel_drops_datagrams] | map(tostring) | join(", ")) datagrams."' "$out/peers.json"
+    | "- \(.collector): socket buffer granted (ss rb): \([.steps[].socket_rcvbuf_bytes] | unique | map(tostring) | join(", ")) bytes; kernel drops per step: \([.steps[].kernel_drops_datagrams] | map(tostring) | join(", ")) datagrams\(if .collector == "nfacctd" then "; \"missing data detected\" (core to plugin queue overflow) warnings per step: \([.steps[].missing_data_warnings] | map(tostring) | join(", "))" else "" end)."' "$out/peers.json"
   echo "- Counting: nfcapd = flows in its files after SIGTERM (\`nfdump -R DIR -I\`); nfacctd = sum of the FLOWS counter of its memory table (\`pmacct -s\`, 5-tuple + flows), after a flush load of marked v5 records it leaves out; flowplane = \`flowplane bench\`'s own accounting. Loss = (records sent - records counted) / records sent, kernel drops included."
   echo "- nfacctd settings: nfacctd_pipe_size $rcvbuf, plugin_buffer_size $pm_buffer, plugin_pipe_size $pm_pipe, imt_buckets $pm_buckets, imt_mem_pools_number 0. nfcapd: no compression, -B $rcvbuf."
   if [ ${#skipped[@]} -gt 0 ]; then echo "- Not run: ${skipped[*]}."; fi
-  echo "- Every step's numbers: peers.json."
+  echo "- Every step's numbers: peers.json; nfcapd's and nfacctd's logs: logs/."
 } | tee "$out/peers.md"
 
 if [ "$self_check" = 1 ]; then
