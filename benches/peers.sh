@@ -335,11 +335,15 @@ PY
 # nfacctd: what an operator would set for millions of records/s. The socket buffer is the one every
 # collector asks for; the core->plugin queue is 100 MB in 100 kB chunks (CONFIG-KEYS: a ratio
 # between 1:100 and 1:1000 is good practice; the 4 MB default queue and unbuffered transfers are
-# for small sites); the memory table grows as needed (the default 16 pools of 8 kB cannot hold
-# 100000 aggregates) with a prime number of buckets above the flow count.
+# for small sites); the memory table gets up to 256 pools of 1 MiB (the default, 16 pools of
+# 8 kB, cannot hold 100000 aggregates, and 0 pools, documented as "grow as needed", still logs
+# "Unable to allocate more memory pools" in 1.7.7) and a prime number of buckets above the flow
+# count.
 pm_buffer=102400
 pm_pipe=102400000
 pm_buckets=131071
+pm_pools=256
+pm_pool_size=1048576
 # Flush load: twice the buffer at 64 bytes a record (a queued record takes several hundred).
 pm_flush=$((2 * pm_buffer / 64))
 
@@ -369,7 +373,8 @@ plugins: memory
 aggregate: src_host, dst_host, src_port, dst_port, proto, flows
 imt_path: $sd/pmacct.pipe
 imt_buckets: $pm_buckets
-imt_mem_pools_number: 0
+imt_mem_pools_number: $pm_pools
+imt_mem_pools_size: $pm_pool_size
 plugin_buffer_size: $pm_buffer
 plugin_pipe_size: $pm_pipe
 CONF
@@ -417,8 +422,9 @@ CONF
     }
     extra=$(jq -n --argjson f "$flush_seen" --argjson p "$packets" --argjson e "$entries" \
       --arg m "$(grep -ci 'missing data detected' "$log" || true)" \
+      --arg full "$(grep -ci 'unable to allocate more memory pools' "$log" || true)" \
       '{flush_records_seen: $f, packets: $p, table_entries: $e,
-        missing_data_warnings: ($m | tonumber)}')
+        missing_data_warnings: ($m | tonumber), table_full_warnings: ($full | tonumber)}')
     ;;
   esac
   mkdir -p "$out/logs"
@@ -464,8 +470,37 @@ climb_peer() {
 }
 
 # flowplane: `flowplane bench` climbs the same ladder with its own generator and accounting.
+# Written to the contract `--json FILE --markdown FILE`; a build whose bench writes
+# `--out DIR` (DIR/bench.json, DIR/bench.md) instead is read from there. When the bench bisects
+# by itself (`--refine N`) it is asked for as many bisection steps as the peers get (0 or 1).
+bench_help=""
+run_bench() {
+  local rates_csv=$1 tag=$2 args=()
+  args=(--rates "$rates_csv" --step-secs "$step_secs" --format "$format" --flows "$flows"
+    --exporters "$exporters" --records-per-datagram "$rpd" --port "$port")
+  [ -n "$gen_cpu" ] && args+=(--gen-cpu "$gen_cpu" --collector-cpus "$coll_list")
+  grep -qE -- '^ +(-[a-zA-Z], )?--refine( |$)' <<<"$bench_help" && args+=(--refine "$bisect")
+  if grep -qE -- '^ +(-[a-zA-Z], )?--json( |$)' <<<"$bench_help"; then
+    args+=(--json "$dir/$tag.json" --markdown "$dir/$tag.md")
+  else
+    args+=(--out "$dir/$tag")
+  fi
+  wait_free
+  "$bin" bench "${args[@]}" >&2 || die "flowplane bench failed"
+  if [ -f "$dir/$tag/bench.json" ]; then
+    cp "$dir/$tag/bench.json" "$dir/$tag.json"
+    [ -f "$dir/$tag/bench.md" ] && cp "$dir/$tag/bench.md" "$dir/$tag.md"
+  fi
+  [ -f "$dir/$tag.json" ] || die "flowplane bench wrote no JSON result"
+  cp "$dir/$tag.json" "$out/$tag.json"
+  [ -f "$dir/$tag.md" ] && cp "$dir/$tag.md" "$out/$tag.md"
+  # The same field names as the peers' steps where the bench names them otherwise.
+  jq -c '.steps[] | .records_counted //= .records_accounted
+    | .generator_records_per_sec //= .achieved_records_per_sec' "$dir/$tag.json" \
+    >>"$dir/steps-flowplane.jsonl"
+}
 run_flowplane() {
-  local rates_csv cpu_args=() r
+  local rates_csv r lp ff
   rates_csv=$(
     IFS=,
     echo "${rates[*]}"
@@ -474,24 +509,17 @@ run_flowplane() {
     scripts/services.sh start >&2
     started_services=1
   fi
-  [ -n "$gen_cpu" ] && cpu_args=(--gen-cpu "$gen_cpu" --collector-cpus "$coll_list")
-  wait_free
-  "$bin" bench --rates "$rates_csv" --step-secs "$step_secs" --format "$format" --flows "$flows" \
-    --exporters "$exporters" --records-per-datagram "$rpd" --port "$port" "${cpu_args[@]}" \
-    --json "$dir/flowplane.json" --markdown "$out/flowplane-bench.md" >&2
-  cp "$dir/flowplane.json" "$out/flowplane-bench.json"
-  jq -c '.steps[]' "$dir/flowplane.json" >"$dir/steps-flowplane.jsonl"
-  if [ "$bisect" = 1 ]; then
-    local lp ff
-    lp=$(jq -s '[.[] | select(.loss_free)] | max_by(.offered_records_per_sec) | .offered_records_per_sec // empty' "$dir/steps-flowplane.jsonl")
-    ff=$(jq -s '[.[] | select(.loss_free | not)] | min_by(.offered_records_per_sec) | .offered_records_per_sec // empty' "$dir/steps-flowplane.jsonl")
+  bench_help=$("$bin" bench --help 2>&1)
+  : >"$dir/steps-flowplane.jsonl"
+  run_bench "$rates_csv" flowplane-bench
+  if [ "$bisect" = 1 ] && ! grep -qE -- '^ +(-[a-zA-Z], )?--refine( |$)' <<<"$bench_help"; then
+    lp=$(jq -s '[.[] | select(.loss_free)] | max_by(.offered_records_per_sec)
+      | .offered_records_per_sec // empty' "$dir/steps-flowplane.jsonl")
+    ff=$(jq -s '[.[] | select(.loss_free | not)] | min_by(.offered_records_per_sec)
+      | .offered_records_per_sec // empty' "$dir/steps-flowplane.jsonl")
     if [ -n "$lp" ] && [ -n "$ff" ]; then
-      r=$(((lp + ff) / 2))
-      wait_free
-      "$bin" bench --rates "$r" --step-secs "$step_secs" --format "$format" --flows "$flows" \
-        --exporters "$exporters" --records-per-datagram "$rpd" --port "$port" "${cpu_args[@]}" \
-        --json "$dir/flowplane-bisect.json" >&2
-      jq -c '.steps[]' "$dir/flowplane-bisect.json" >>"$dir/steps-flowplane.jsonl"
+      r=$(awk -v a="$lp" -v b="$ff" 'BEGIN { printf "%d", (a + b) / 2 }')
+      run_bench "$r" flowplane-bisect
     fi
   fi
 }
@@ -578,9 +606,9 @@ printf '%s\n' "${summaries[@]}" | jq -s --arg started "$started" --arg host "$(u
     "- Generator: \(.generator); steps of \(.step_secs) s, each with a freshly started collector; a step passes when loss < 0.01 %; the climb stops at the first failing step\(if .bisect then " (then one step halfway back)" else "" end).",
     "- Receive buffer asked of every collector: \(.rcvbuf_requested_bytes) bytes; \(.rmem_note)."' "$out/peers.json"
   jq -r '.collectors[] | select(.collector != "flowplane")
-    | "- \(.collector): socket buffer granted (ss rb): \([.steps[].socket_rcvbuf_bytes] | unique | map(tostring) | join(", ")) bytes; kernel drops per step: \([.steps[].kernel_drops_datagrams] | map(tostring) | join(", ")) datagrams\(if .collector == "nfacctd" then "; \"missing data detected\" (core to plugin queue overflow) warnings per step: \([.steps[].missing_data_warnings] | map(tostring) | join(", "))" else "" end)."' "$out/peers.json"
+    | "- \(.collector): socket buffer granted (ss rb): \([.steps[].socket_rcvbuf_bytes] | unique | map(tostring) | join(", ")) bytes; kernel drops per step: \([.steps[].kernel_drops_datagrams] | map(tostring) | join(", ")) datagrams\(if .collector == "nfacctd" then "; \"missing data detected\" (core to plugin queue overflow) warnings per step: \([.steps[].missing_data_warnings] | map(tostring) | join(", ")); memory table full warnings per step: \([.steps[].table_full_warnings] | map(tostring) | join(", "))" else "" end)."' "$out/peers.json"
   echo "- Counting: nfcapd = flows in its files after SIGTERM (\`nfdump -R DIR -I\`); nfacctd = sum of the FLOWS counter of its memory table (\`pmacct -s\`, 5-tuple + flows), after a flush load of marked v5 records it leaves out; flowplane = \`flowplane bench\`'s own accounting. Loss = (records sent - records counted) / records sent, kernel drops included."
-  echo "- nfacctd settings: nfacctd_pipe_size $rcvbuf, plugin_buffer_size $pm_buffer, plugin_pipe_size $pm_pipe, imt_buckets $pm_buckets, imt_mem_pools_number 0. nfcapd: no compression, -B $rcvbuf."
+  echo "- nfacctd settings: nfacctd_pipe_size $rcvbuf, plugin_buffer_size $pm_buffer, plugin_pipe_size $pm_pipe, imt_buckets $pm_buckets, imt_mem_pools_number $pm_pools, imt_mem_pools_size $pm_pool_size. nfcapd: no compression, -B $rcvbuf."
   if [ ${#skipped[@]} -gt 0 ]; then echo "- Not run: ${skipped[*]}."; fi
   echo "- Every step's numbers: peers.json; nfcapd's and nfacctd's logs: logs/."
 } | tee "$out/peers.md"
