@@ -8,3 +8,5 @@
 
 pub mod capture;
 pub mod config;
+// `gen` is a reserved keyword since edition 2024, hence the raw identifier.
+pub mod r#gen;

@@ -1,5 +1,6 @@
 //! The `flowplane` binary: `run` (the data plane), `top` (ask Valkey), `decode` (debug an
-//! exporter from a capture), `replay` (send a capture to a collector), `kafka-tail` (read
+//! exporter from a capture), `replay` (send a capture to a collector), `gen` (generate flow
+//! exports at a rate), `bench` (measure this machine against the sizing table), `kafka-tail` (read
 //! back what went to Kafka) and `profile` (which hardware profile this machine fits).
 //!
 //! Commands print their answer to stdout; diagnostics and summaries go to stderr. A command that
@@ -55,6 +56,15 @@ enum Command {
     /// Send the UDP payloads of a capture to a collector.
     Replay(cmd::replay::ReplayArgs),
 
+    /// Generate flow exports (NetFlow v5/v9, IPFIX, sFlow) at a target rate from several
+    /// exporters, and report exactly what was sent: a load generator for collectors.
+    Gen(cmd::r#gen::GenArgs),
+
+    /// Measure the highest rate this machine holds loss-free with both sinks live: runs the
+    /// engine and the generator at a ladder of rates and reports each step, this machine's row
+    /// of the sizing table and a projection to the tiers (JSON and Markdown).
+    Bench(cmd::bench::BenchArgs),
+
     /// Inspect this machine (cores, memory, NICs, disks, io_uring, kernel settings) and say
     /// which hardware profile fits, what rate it should hold, what caps it and what to change.
     Profile(cmd::profile::ProfileArgs),
@@ -71,6 +81,8 @@ fn main() -> ExitCode {
         Command::Top(args) => cmd::top::top(&args),
         Command::Decode(args) => cmd::decode::decode(&args),
         Command::Replay(args) => cmd::replay::replay(&args),
+        Command::Gen(args) => cmd::r#gen::r#gen(&args),
+        Command::Bench(args) => cmd::bench::bench(&args),
         Command::KafkaTail(args) => cmd::kafka_tail::kafka_tail(&args),
         Command::Profile(args) => cmd::profile::profile(&args),
     };

@@ -21,6 +21,7 @@ mod rx;
 mod sink_driver;
 mod sys;
 pub mod table;
+pub mod transmit;
 mod uring;
 pub mod worker;
 pub mod zscore;
@@ -45,6 +46,28 @@ pub use output::{
     WindowBatch,
 };
 pub use rx::IDLE_TICK_MS;
+
+/// Confines the calling thread (and every thread it starts afterwards) to `cores`, e.g. to run
+/// the engine in-process on the cores a benchmark gives it. An empty list changes nothing.
+///
+/// # Errors
+///
+/// What `sched_setaffinity` reported (a core that does not exist or is not allowed).
+pub fn confine_current_thread(cores: &[usize]) -> std::io::Result<()> {
+    if cores.is_empty() {
+        return Ok(());
+    }
+    sys::set_thread_affinity(&sys::CpuSet::from_cores(cores.iter().copied()))
+}
+
+/// The cores the calling thread may run on (its CPU mask).
+///
+/// # Errors
+///
+/// What `sched_getaffinity` reported.
+pub fn current_thread_cpus() -> std::io::Result<Vec<usize>> {
+    Ok(sys::thread_affinity()?.cores())
+}
 
 /// What `run` returns after a clean shutdown.
 #[derive(Clone, Debug, Default)]

@@ -432,6 +432,13 @@ pub(crate) struct Part {
     counters: Vec<InterfaceCounters>,
 }
 
+/// Wall-clock now in Unix milliseconds (0 if the clock is before 1970).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Joins the shards' parts of one window (in shard order, all of the same window) into the
 /// batch for the sinks; `None` when there is no part.
 pub(crate) fn assemble(parts: Vec<Part>) -> Option<WindowBatch> {
@@ -440,6 +447,7 @@ pub(crate) fn assemble(parts: Vec<Part>) -> Option<WindowBatch> {
     let first = parts.next()?;
     let mut batch = WindowBatch {
         window_start: first.window,
+        closed_unix_ms: unix_ms_now(),
         dimensions: first.dimensions,
         alerts: first.alerts,
         counters: first.counters,
@@ -1162,7 +1170,12 @@ mod tests {
 
         assert_eq!(one.len(), three.len());
         for (a, b) in one.iter().zip(&three) {
-            assert_eq!(a, b, "window {}", a.window_start);
+            // The close time is the wall clock's, not the data's.
+            let b = WindowBatch {
+                closed_unix_ms: a.closed_unix_ms,
+                ..b.clone()
+            };
+            assert_eq!(*a, b, "window {}", a.window_start);
         }
         assert_eq!(one_counters, three_counters);
     }

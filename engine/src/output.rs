@@ -119,6 +119,10 @@ pub struct InterfaceCounters {
 pub struct WindowBatch {
     /// Window start, Unix seconds (windows are aligned to wall-clock seconds).
     pub window_start: u64,
+    /// When the merger closed the window and handed it on, Unix milliseconds (0 when unknown).
+    /// Sinks may use it to tell how long a window waited; `flowplane bench` measures the
+    /// window-close-to-sink latency from it.
+    pub closed_unix_ms: u64,
     /// Per-dimension aggregates.
     pub dimensions: Vec<DimensionWindow>,
     /// Alerts raised for this window.

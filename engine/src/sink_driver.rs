@@ -260,6 +260,7 @@ mod tests {
     fn batch(w: u64) -> Arc<WindowBatch> {
         Arc::new(WindowBatch {
             window_start: w,
+            closed_unix_ms: 0,
             dimensions: Vec::new(),
             alerts: Vec::new(),
             counters: Vec::new(),

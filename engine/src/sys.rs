@@ -1,4 +1,5 @@
-//! Every `unsafe` block of the engine: batched receive (`recvmmsg`), `poll`, the socket
+//! Every `unsafe` block of the engine: batched receive (`recvmmsg`), batched send (`sendmmsg`,
+//! for the load generator), `poll`, the socket
 //! options that neither `std` nor `socket2` expose (`SO_MEMINFO` for the kernel's drop counter,
 //! `SO_RCVBUFFORCE`), and CPU masks of more than one core (`sched_getaffinity`,
 //! `sched_setaffinity`; `core_affinity` only pins to a single core).
@@ -149,6 +150,50 @@ impl RecvBatch {
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         })
     }
+}
+
+/// Most datagrams [`send_connected`] passes to one `sendmmsg`.
+pub(crate) const SEND_BATCH_MAX: usize = 64;
+
+/// Sends the first [`SEND_BATCH_MAX`] of `datagrams` with one `sendmmsg` on the connected UDP
+/// socket `fd` (blocking unless the socket is non-blocking). Returns how many the kernel took,
+/// which may be fewer than asked.
+///
+/// # Errors
+///
+/// What `sendmmsg` reported when it sent nothing (e.g. `ECONNREFUSED` after an ICMP port
+/// unreachable from a collector that is not listening).
+pub(crate) fn send_connected(fd: RawFd, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let n = datagrams.len().min(SEND_BATCH_MAX);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY:
+    // - `iovec` and `mmsghdr` are plain C structs for which all-zero bytes are valid values
+    //   (null pointers, zero lengths).
+    let mut iovecs: [libc::iovec; SEND_BATCH_MAX] = unsafe { zeroed() };
+    // SAFETY:
+    // - As above.
+    let mut hdrs: [libc::mmsghdr; SEND_BATCH_MAX] = unsafe { zeroed() };
+    for (i, d) in datagrams[..n].iter().enumerate() {
+        iovecs[i] = libc::iovec {
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        };
+        hdrs[i].msg_hdr.msg_iov = &raw mut iovecs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY:
+    // - The first `n` headers each point at one `iovec` of `iovecs`, which points at a
+    //   datagram borrowed from `datagrams` with its exact length; both arrays and the
+    //   datagrams outlive the call, and the kernel only reads the payloads.
+    // - `msg_name` is null: the socket is connected, so the kernel uses its peer.
+    // - `fd` is a socket owned by the caller for the duration of the call.
+    let rc = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
 }
 
 /// Waits until one of `fds` is readable or `timeout_ms` passes. Returns whether any is.

@@ -1047,6 +1047,7 @@ mod tests {
     fn encodes_every_key_overflow_and_alert_with_dimension_prefixed_keys() {
         let batch = WindowBatch {
             window_start: 60,
+            closed_unix_ms: 0,
             dimensions: vec![
                 DimensionWindow {
                     dimension: Arc::from("src_ip+dst_port+protocol"),

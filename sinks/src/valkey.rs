@@ -1119,6 +1119,7 @@ mod tests {
     fn batch(entries: usize) -> WindowBatch {
         WindowBatch {
             window_start: 1_700_000_000,
+            closed_unix_ms: 0,
             dimensions: vec![DimensionWindow {
                 dimension: Arc::from("dst_port"),
                 entries: (0..entries)

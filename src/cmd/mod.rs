@@ -1,6 +1,8 @@
 //! One module per subcommand, plus the small helpers they share.
 
+pub(crate) mod bench;
 pub(crate) mod decode;
+pub(crate) mod r#gen;
 pub(crate) mod kafka_tail;
 pub(crate) mod profile;
 pub(crate) mod replay;

@@ -309,7 +309,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     UdpSocket::bind(addr).map_err(|e: io::Error| anyhow::anyhow!("cannot bind UDP {addr}: {e}"))
 }
 
-fn parse_to(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_to(s: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs as _;
     if let Ok(a) = s.parse() {
         return Ok(a);

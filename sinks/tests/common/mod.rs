@@ -51,6 +51,7 @@ pub(crate) fn totals(bytes: u64) -> Totals {
 pub(crate) fn port_batch(window_start: u64, keys: &[(u64, u64)]) -> WindowBatch {
     WindowBatch {
         window_start,
+        closed_unix_ms: 0,
         dimensions: vec![DimensionWindow {
             dimension: Arc::from("dst_port"),
             entries: keys
