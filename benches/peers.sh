@@ -469,10 +469,10 @@ climb_peer() {
   fi
 }
 
-# flowplane: `flowplane bench` climbs the same ladder with its own generator and accounting.
-# Written to the contract `--json FILE --markdown FILE`; a build whose bench writes
-# `--out DIR` (DIR/bench.json, DIR/bench.md) instead is read from there. When the bench bisects
-# by itself (`--refine N`) it is asked for as many bisection steps as the peers get (0 or 1).
+# flowplane: `flowplane bench` climbs the same ladder with its own generator and accounting. It
+# writes DIR/bench.json and DIR/bench.md (`--out DIR`); a build that takes `--json FILE
+# --markdown FILE` instead (the first plan for it) is driven that way. When the bench bisects by
+# itself (`--refine N`) it is asked for as many bisection steps as the peers get (0 or 1).
 bench_help=""
 run_bench() {
   local rates_csv=$1 tag=$2 args=()
