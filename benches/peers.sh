@@ -37,7 +37,9 @@
 #   every collector, bytes; default 33554432, flowplane's engine.rcvbuf_bytes), _DRAIN_SECS (2),
 #   _GEN (auto, gen or replay; auto uses `flowplane gen` when the binary has it, else a stand-in:
 #   `flowplane replay` of _CAPTURE in a loop, a NetFlow v9 capture of the shared corpus),
-#   FLOWPLANE_BIN (a built flowplane; default: cargo build --release --bin flowplane).
+#   FLOWPLANE_BIN (a built flowplane; default: cargo build --release --bin flowplane), TMPDIR
+#   (where nfcapd writes its files: a 30 s step at 2M records/s is several GB, deleted once
+#   counted; the report names the file system, since a slow disk is part of nfcapd's result).
 #
 # Cores: with 2 or more CPUs the generator is pinned to CPU 0 and each collector (all of its
 # processes and threads) to the other CPUs with taskset; with one CPU they share it. The report
@@ -405,7 +407,12 @@ CONF
     counted=$({ nfdump -R "$sd/flows" -I 2>/dev/null || true; } | awk '$1 == "Flows:" { print $2; exit }')
     local logged
     logged=$(grep -o "Flows: [0-9]*" "$log" | tail -n 1 | cut -d' ' -f2)
-    extra=$(jq -n --arg l "${logged:-}" '{nfcapd_log_flows: ($l | tonumber? // null)}')
+    local bytes
+    bytes=$(du -sb "$sd/flows" | cut -f1)
+    extra=$(jq -n --arg l "${logged:-}" --argjson b "$bytes" \
+      '{nfcapd_log_flows: ($l | tonumber? // null), nfcapd_file_bytes: $b}')
+    # A 30 s step at millions of records/s leaves gigabytes; the count is taken.
+    rm -rf "$sd/flows"
     ;;
   nfacctd)
     local table flush_seen packets entries
@@ -608,6 +615,9 @@ printf '%s\n' "${summaries[@]}" | jq -s --arg started "$started" --arg host "$(u
   jq -r '.collectors[] | select(.collector != "flowplane")
     | "- \(.collector): socket buffer granted (ss rb): \([.steps[].socket_rcvbuf_bytes] | unique | map(tostring) | join(", ")) bytes; kernel drops per step: \([.steps[].kernel_drops_datagrams] | map(tostring) | join(", ")) datagrams\(if .collector == "nfacctd" then "; \"missing data detected\" (core to plugin queue overflow) warnings per step: \([.steps[].missing_data_warnings] | map(tostring) | join(", ")); memory table full warnings per step: \([.steps[].table_full_warnings] | map(tostring) | join(", "))" else "" end)."' "$out/peers.json"
   echo "- Counting: nfcapd = flows in its files after SIGTERM (\`nfdump -R DIR -I\`); nfacctd = sum of the FLOWS counter of its memory table (\`pmacct -s\`, 5-tuple + flows), after a flush load of marked v5 records it leaves out; flowplane = \`flowplane bench\`'s own accounting. Loss = (records sent - records counted) / records sent, kernel drops included."
+  if [[ " ${run_list[*]} " == *" nfcapd "* ]]; then
+    echo "- nfcapd wrote its files under $(dirname "$dir") ($(stat -f -c %T "$dir") file system; set TMPDIR to move them), each step's deleted once counted."
+  fi
   echo "- nfacctd settings: nfacctd_pipe_size $rcvbuf, plugin_buffer_size $pm_buffer, plugin_pipe_size $pm_pipe, imt_buckets $pm_buckets, imt_mem_pools_number $pm_pools, imt_mem_pools_size $pm_pool_size. nfcapd: no compression, -B $rcvbuf."
   if [ ${#skipped[@]} -gt 0 ]; then echo "- Not run: ${skipped[*]}."; fi
   echo "- Every step's numbers: peers.json; nfcapd's and nfacctd's logs: logs/."
