@@ -61,9 +61,12 @@
 #   all         the kernel's drops for the collector's socket (/proc/net/udp "drops", datagrams),
 #               read before the collector stops, are reported next to the record loss; the loss
 #               itself is (sent - counted) / sent and already includes them.
-#   flowplane   `flowplane bench --json`: its steps and its own accounting.
+#   flowplane   `flowplane bench`'s bench.json: its steps and its own accounting.
 set -euo pipefail
+here=$PWD
 cd "$(dirname "$0")/.."
+# A path as the caller meant it (relative to where the script was started).
+from_caller() { case $1 in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 
 die() {
   echo "peers: $*" >&2
@@ -85,7 +88,8 @@ port=${FLOWPLANE_PEERS_PORT:-20555}
 rcvbuf=${FLOWPLANE_PEERS_RCVBUF:-33554432}
 drain=${FLOWPLANE_PEERS_DRAIN_SECS:-2}
 gen_mode=${FLOWPLANE_PEERS_GEN:-auto}
-capture=${FLOWPLANE_PEERS_CAPTURE:-../shared/corpus/pmacct/101-NFv9-CISCO-cust_primitives_traffic-00.pcap}
+capture=${FLOWPLANE_PEERS_CAPTURE:+$(from_caller "$FLOWPLANE_PEERS_CAPTURE")}
+capture=${capture:-../shared/corpus/pmacct/101-NFv9-CISCO-cust_primitives_traffic-00.pcap}
 self_check=0
 
 while [ $# -gt 0 ]; do
@@ -111,7 +115,11 @@ if [ "$self_check" = 1 ]; then
   step_secs=2
   bisect=0
 fi
-[ -n "$out" ] || out=bench-results/peers-$(date -u +%Y%m%dT%H%M%SZ)
+if [ -n "$out" ]; then
+  out=$(from_caller "$out")
+else
+  out=bench-results/peers-$(date -u +%Y%m%dT%H%M%SZ)
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -137,7 +145,7 @@ for tool in jq taskset ss python3 awk; do
 done
 
 if [ -n "${FLOWPLANE_BIN:-}" ]; then
-  bin=$FLOWPLANE_BIN
+  bin=$(from_caller "$FLOWPLANE_BIN")
 else
   cargo build --release --bin flowplane >&2
   bin=${CARGO_TARGET_DIR:-target}/release/flowplane
