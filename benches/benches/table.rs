@@ -1,5 +1,6 @@
 //! The aggregation table: one update (`Table::add` of a key already present, the steady state
-//! of a window) at 1 000, 100 000 and 1 000 000 keys, and the merger's step, merging N worker
+//! of a window) at 1 000, 100 000 and 1 000 000 keys, one at a time and in batches as the
+//! worker does them (hash and prefetch a batch, then add it), and the merger's step, merging N worker
 //! tables of 100 000 keys into one (`Table::merge_from`), N = 2, 4, 8.
 //!
 //! Keys are those of the default configuration's widest dimension, `src_ip+dst_port+protocol`
@@ -17,7 +18,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use flowplane_decoders::{FlowRecord, addr_to_bytes};
 use flowplane_engine::key::{Dimension, KEY_MAX};
 use flowplane_engine::output::Totals;
-use flowplane_engine::table::Table;
+use flowplane_engine::table::{Table, key_hash};
+use flowplane_engine::worker::BATCH;
 
 /// Updates per measured iteration: a pseudo-random walk over the keys, so that large tables
 /// miss the cache as a live window does.
@@ -88,10 +90,26 @@ fn update(c: &mut Criterion) {
             walk.extend_from_slice(&all[i * kl..(i + 1) * kl]);
         }
 
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("one_at_a_time", n), &n, |b, _| {
             b.iter(|| {
                 for k in black_box(&walk).chunks_exact(kl) {
                     table.add(k, &t);
+                }
+            });
+        });
+        // As the worker adds a datagram's records: per batch of BATCH keys, hash and prefetch
+        // each, then add them (`worker::add_batch`), so that the misses overlap.
+        g.bench_with_input(BenchmarkId::new("batched", n), &n, |b, _| {
+            let mut hashes = [0u64; BATCH];
+            b.iter(|| {
+                for batch in black_box(&walk).chunks(kl * BATCH) {
+                    for (k, h) in batch.chunks_exact(kl).zip(hashes.iter_mut()) {
+                        *h = key_hash(k);
+                        table.prefetch(*h);
+                    }
+                    for (k, h) in batch.chunks_exact(kl).zip(&hashes) {
+                        table.add_hashed(k, *h, &t);
+                    }
                 }
             });
         });

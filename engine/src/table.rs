@@ -164,13 +164,29 @@ impl Table {
     /// engine never does this; the check keeps the table sound).
     #[inline]
     pub fn add(&mut self, key: &[u8], t: &Totals) -> bool {
+        self.add_hashed(key, key_hash(key), t)
+    }
+
+    /// Starts loading the cache lines that adding a key of hash `hash` ([`key_hash`]) reads
+    /// first: its home tag and home slot. For batches: hash and prefetch every key of the
+    /// batch, then [`Table::add_hashed`] them, so that the misses overlap.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let slot = (hash as usize) & self.mask;
+        crate::sys::prefetch(&self.tags[slot]);
+        let word = slot * self.stride;
+        crate::sys::prefetch(&self.slots[word / 8]);
+    }
+
+    /// [`Table::add`] with the key's hash already computed ([`key_hash`]).
+    #[inline]
+    pub fn add_hashed(&mut self, key: &[u8], hash: u64, t: &Totals) -> bool {
         if key.len() != self.key_len {
             self.add_overflow(t);
             return false;
         }
         let want = key_words(key);
         let kw = self.key_words;
-        let hash = hash_key(key);
         let tag = ((hash >> 32) as u32) | 1;
         let mut slot = (hash as usize) & self.mask;
         let stride = self.stride;
@@ -218,7 +234,7 @@ impl Table {
         }
         let want = key_words(key);
         let kw = self.key_words;
-        let hash = hash_key(key);
+        let hash = key_hash(key);
         let tag = ((hash >> 32) as u32) | 1;
         let mut slot = (hash as usize) & self.mask;
         let words = self.words();
@@ -243,12 +259,7 @@ impl Table {
     /// Adds every key and the overflow entry of `other` (same key length) into `self`.
     /// Returns how many of `other`'s keys went to `self`'s overflow.
     pub fn merge_from(&mut self, other: &Self) -> u64 {
-        let mut spilled = 0;
-        for (k, t) in other.iter() {
-            if !self.add(k, t) {
-                spilled += 1;
-            }
-        }
+        let spilled = self.add_all(other.iter());
         if other.overflow_adds > 0 || other.overflow != Totals::default() {
             self.overflow.add(&other.overflow);
             self.overflow_adds += other.overflow_adds;
@@ -270,15 +281,35 @@ impl Table {
         if shards <= 1 {
             return self.merge_from(other);
         }
-        let mut spilled = 0;
-        for (k, t) in other.iter() {
-            if shard_of(k, shards) == shard && !self.add(k, t) {
-                spilled += 1;
-            }
-        }
+        let spilled = self.add_all(other.iter().filter(|(k, _)| shard_of(k, shards) == shard));
         if with_overflow && (other.overflow_adds > 0 || other.overflow != Totals::default()) {
             self.overflow.add(&other.overflow);
             self.overflow_adds += other.overflow_adds;
+        }
+        spilled
+    }
+
+    /// Adds every (key, totals) pair, a batch at a time: hash and prefetch 32 keys, then add
+    /// them, so that the cache misses of a batch overlap. Returns how many went to overflow.
+    fn add_all<'a>(&mut self, pairs: impl Iterator<Item = (&'a [u8], &'a Totals)>) -> u64 {
+        const N: usize = 32;
+        let mut spilled = 0;
+        let mut batch: [(&[u8], u64, Totals); N] = [(&[], 0, Totals::default()); N];
+        let mut n = 0;
+        for (k, t) in pairs {
+            let h = key_hash(k);
+            self.prefetch(h);
+            batch[n] = (k, h, *t);
+            n += 1;
+            if n == N {
+                for (k, h, t) in &batch {
+                    spilled += u64::from(!self.add_hashed(k, *h, t));
+                }
+                n = 0;
+            }
+        }
+        for (k, h, t) in &batch[..n] {
+            spilled += u64::from(!self.add_hashed(k, *h, t));
         }
         spilled
     }
@@ -369,12 +400,13 @@ impl Table {
 /// onto `0..shards` by multiply-shift, so each shard's keys still spread over all home slots of
 /// its merged tables instead of clustering on the slots of one residue.
 pub fn shard_of(key: &[u8], shards: usize) -> usize {
-    let upper = hash_key(key) >> 32;
+    let upper = key_hash(key) >> 32;
     ((upper * shards as u64) >> 32) as usize
 }
 
+/// The hash every table uses for `key` (for [`Table::prefetch`] and [`Table::add_hashed`]).
 #[inline]
-fn hash_key(key: &[u8]) -> u64 {
+pub fn key_hash(key: &[u8]) -> u64 {
     let mut h = FixedState::with_seed(HASH_SEED).build_hasher();
     h.write(key);
     h.finish()
