@@ -1,7 +1,7 @@
 //! Encoding one window for the sinks, without the network: the Valkey transactions
 //! (`flowplane_sinks::valkey::encode_window`, then each pipeline packed into the RESP bytes the
-//! client would write) and the Kafka messages (`flowplane_sinks::kafka::encode`: key and JSON
-//! document per entry). These are the functions the sinks call in `send`.
+//! client would write) and the Kafka messages (`flowplane_sinks::kafka::Encoder`: key and JSON
+//! document per entry, into a buffer kept from window to window). These are the functions the sinks call in `send`.
 //!
 //! The window is built the way the merger builds one: 20 000 flow records aggregated into the
 //! default configuration's six dimensions (`src_ip`, `dst_ip`, `dst_port`, `protocol`,
@@ -125,8 +125,13 @@ fn encode(c: &mut Criterion) {
                 .sum::<usize>()
         });
     });
+    // As the sink does: one encoder kept from window to window.
+    let mut encoder = kafka::Encoder::default();
     g.bench_function(format!("kafka_{entries}_entries"), |b| {
-        b.iter(|| kafka::encode(black_box(&batch), instance));
+        b.iter(|| {
+            encoder.encode(black_box(&batch), instance);
+            encoder.len()
+        });
     });
     g.finish();
 }

@@ -18,6 +18,7 @@
 //! definition of the key layout.
 #![warn(missing_docs)]
 
+mod json;
 pub mod kafka;
 mod ratelimit;
 pub mod valkey;
