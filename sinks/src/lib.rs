@@ -21,6 +21,7 @@
 mod json;
 pub mod kafka;
 mod ratelimit;
+mod resp;
 pub mod valkey;
 
 pub use kafka::{KafkaSink, KafkaSinkConfig};
