@@ -1,7 +1,7 @@
 //! Encoding one window for the sinks, without the network: the Valkey transactions
-//! (`flowplane_sinks::valkey::encode_window`, then each pipeline packed into the RESP bytes the
-//! client would write) and the Kafka messages (`flowplane_sinks::kafka::encode`: key and JSON
-//! document per entry). These are the functions the sinks call in `send`.
+//! (`flowplane_sinks::valkey::Encoder`: each chunk's `MULTI`/`EXEC` in the RESP bytes the client
+//! sends) and the Kafka messages (`flowplane_sinks::kafka::Encoder`: key and JSON document per
+//! entry). Each encoder is kept from window to window, as in the sinks' `send`.
 //!
 //! The window is built the way the merger builds one: 20 000 flow records aggregated into the
 //! default configuration's six dimensions (`src_ip`, `dst_ip`, `dst_port`, `protocol`,
@@ -110,23 +110,26 @@ fn encode(c: &mut Criterion) {
     // One window is milliseconds of work: ten samples are plenty and keep the run short.
     g.sample_size(10);
     g.throughput(Throughput::Elements(entries as u64));
+    // As the sinks do: one encoder each, kept from window to window.
+    let mut valkey = valkey::Encoder::default();
     g.bench_function(format!("valkey_{entries}_entries"), |b| {
         b.iter(|| {
-            let chunks = valkey::encode_window(
+            let chunks = valkey.encode(
                 black_box(&batch),
                 &config.key_prefix,
                 instance,
                 config.ttl_secs,
                 config.max_pipeline_commands,
             );
-            chunks
-                .iter()
-                .map(|c| c.pipeline().get_packed_pipeline().len())
-                .sum::<usize>()
+            chunks.iter().map(|c| c.packed().len()).sum::<usize>()
         });
     });
+    let mut encoder = kafka::Encoder::default();
     g.bench_function(format!("kafka_{entries}_entries"), |b| {
-        b.iter(|| kafka::encode(black_box(&batch), instance));
+        b.iter(|| {
+            encoder.encode(black_box(&batch), instance);
+            encoder.len()
+        });
     });
     g.finish();
 }

@@ -272,6 +272,8 @@ pub struct KafkaSink {
     topics_pending: bool,
     last_topic_attempt: Option<Instant>,
     warn: RateLimit,
+    /// The window being sent, kept (cleared, not freed) for the next one.
+    encoder: Encoder,
 }
 
 impl KafkaSink {
@@ -292,6 +294,7 @@ impl KafkaSink {
             producer: None,
             last_topic_attempt: None,
             warn: RateLimit::new(WARN_INTERVAL),
+            encoder: Encoder::default(),
         })
     }
 
@@ -339,30 +342,37 @@ impl KafkaSink {
     }
 
     fn write(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
-        let messages = encode(batch, &self.instance);
-        if messages.is_empty() {
+        self.encoder.encode(batch, &self.instance);
+        if self.encoder.is_empty() {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.message_timeout_ms) + FLUSH_MARGIN;
         let deadline = Instant::now() + timeout;
-        let (aggregates, alerts, counters) = (
-            self.config.aggregates_topic.clone(),
-            self.config.alerts_topic.clone(),
-            self.config.counters_topic.clone(),
-        );
-        let producer = self.producer()?;
+        self.producer()?;
+        let Self {
+            config,
+            producer,
+            encoder,
+            ..
+        } = self;
+        // Made just above.
+        let producer = producer.as_ref().ok_or_else(|| SinkError::Unavailable {
+            sink: NAME,
+            reason: "no producer".to_owned(),
+        })?;
         let generation = producer.context().start();
 
-        // Enqueue everything; a full local queue drains while we poll.
-        for m in &messages {
+        // Enqueue everything (librdkafka copies key and payload); a full local queue drains
+        // while we poll.
+        for m in encoder.messages() {
             let topic = match m.topic {
-                Topic::Aggregates => aggregates.as_str(),
-                Topic::Alerts => alerts.as_str(),
-                Topic::Counters => counters.as_str(),
+                Topic::Aggregates => config.aggregates_topic.as_str(),
+                Topic::Alerts => config.alerts_topic.as_str(),
+                Topic::Counters => config.counters_topic.as_str(),
             };
             let mut record = BaseRecord::with_opaque_to(topic, generation)
-                .key(m.key.as_bytes())
-                .payload(m.payload.as_bytes());
+                .key(m.key)
+                .payload(m.payload);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -379,11 +389,12 @@ impl KafkaSink {
                 }
             }
         }
+        let sent = encoder.len();
 
         // Wait for every delivery report, then check them all.
         let flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
         let outcome = producer.context().outcome();
-        if outcome.delivered == messages.len() {
+        if outcome.delivered == sent {
             return Ok(());
         }
         producer.purge(PurgeConfig::default().queue().inflight());
@@ -395,17 +406,12 @@ impl KafkaSink {
                 sink: NAME,
                 reason: format!(
                     "{} of {} messages delivered before the timeout ({e})",
-                    outcome.delivered,
-                    messages.len()
+                    outcome.delivered, sent
                 ),
             },
             (None, Ok(())) => SinkError::Unavailable {
                 sink: NAME,
-                reason: format!(
-                    "{} of {} messages delivered",
-                    outcome.delivered,
-                    messages.len()
-                ),
+                reason: format!("{} of {} messages delivered", outcome.delivered, sent),
             },
         })
     }
@@ -692,41 +698,416 @@ pub struct Message {
 
 /// Every message of a window: each key's aggregate, each nonzero overflow, each alert, each
 /// interface counter sample. This is everything [`KafkaSink`] does for a window except
-/// producing; `instance` names the writer in the documents.
+/// producing; `instance` names the writer in the documents. A convenience over [`Encoder`],
+/// which the sink uses (and keeps from window to window).
 pub fn encode(batch: &WindowBatch, instance: &str) -> Vec<Message> {
-    let w = batch.window_start;
-    let mut out = Vec::new();
-    for dim in &batch.dimensions {
-        for e in &dim.entries {
-            out.push(Message {
-                topic: Topic::Aggregates,
-                key: message_key(&dim.dimension, &e.key),
-                payload: aggregate_doc(&dim.dimension, e, w, instance).to_string(),
-            });
+    let mut encoder = Encoder::default();
+    encoder.encode(batch, instance);
+    encoder
+        .messages()
+        .map(|m| Message {
+            topic: m.topic,
+            // Keys and documents are written from `&str`s and ASCII only: valid UTF-8.
+            key: String::from_utf8_lossy(m.key).into_owned(),
+            payload: String::from_utf8_lossy(m.payload).into_owned(),
+        })
+        .collect()
+}
+
+/// The messages of one window, encoded into one buffer that lives from window to window: every
+/// message key and JSON document back to back, and where each starts and ends. Encoding a
+/// window clears the buffer and reuses its memory, so a steady stream of windows allocates
+/// nothing once the buffer has grown to the largest window (and touches no fresh pages).
+///
+/// The documents are the ones [`aggregate_doc`], [`overflow_doc`], [`alert_doc`] and
+/// [`counters_doc`] build, serialized as `serde_json` does (fields in the alphabetical order of
+/// its map), byte for byte, but written directly: no `Value`, no allocation per field.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+    /// The aggregate document layout of the last dimension's key fields.
+    plan: Plan,
+    /// The overflow document layout (no key fields), made once.
+    overflow_plan: Plan,
+}
+
+/// One encoded message, borrowed from an [`Encoder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    /// Destination topic.
+    pub topic: Topic,
+    /// Message key (partitioning).
+    pub key: &'a [u8],
+    /// JSON document.
+    pub payload: &'a [u8],
+}
+
+impl Encoder {
+    /// Encodes every message of `batch` (see [`encode`]), replacing what the encoder held.
+    pub fn encode(&mut self, batch: &WindowBatch, instance: &str) {
+        self.buf.clear();
+        self.spans.clear();
+        let w = batch.window_start;
+        let mut text = WindowText::new(w, instance);
+
+        for dim in &batch.dimensions {
+            text.set_dimension(&dim.dimension);
+            for e in &dim.entries {
+                if !self.plan.fits(&e.fields) {
+                    self.plan = Plan::new(&e.fields);
+                }
+                let start = self.begin_key(&dim.dimension, &e.key);
+                let key_end = self.buf.len();
+                write_aggregate(&mut self.buf, &self.plan, &text, e, false);
+                self.end(Topic::Aggregates, start, key_end);
+            }
+            if dim.overflow != Totals::default() {
+                if self.overflow_plan.slots.is_empty() {
+                    self.overflow_plan = Plan::new(&[]);
+                }
+                let start = self.begin_key(&dim.dimension, OVERFLOW_KEY);
+                let key_end = self.buf.len();
+                let e = AggEntry {
+                    key: String::new(),
+                    fields: Vec::new(),
+                    totals: dim.overflow,
+                };
+                write_aggregate(&mut self.buf, &self.overflow_plan, &text, &e, true);
+                self.end(Topic::Aggregates, start, key_end);
+            }
         }
-        if dim.overflow != Totals::default() {
-            out.push(Message {
-                topic: Topic::Aggregates,
-                key: message_key(&dim.dimension, OVERFLOW_KEY),
-                payload: overflow_doc(&dim.dimension, &dim.overflow, w, instance).to_string(),
-            });
+        for a in &batch.alerts {
+            let start = self.begin_key(&a.dimension, &a.key);
+            let key_end = self.buf.len();
+            write_alert(&mut self.buf, a, instance);
+            self.end(Topic::Alerts, start, key_end);
+        }
+        for c in &batch.counters {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(counters_key(c).as_bytes());
+            let key_end = self.buf.len();
+            write_counters(&mut self.buf, c, instance);
+            self.end(Topic::Counters, start, key_end);
         }
     }
-    for a in &batch.alerts {
-        out.push(Message {
-            topic: Topic::Alerts,
-            key: message_key(&a.dimension, &a.key),
-            payload: alert_doc(a, instance).to_string(),
+
+    /// The messages of the last [`encode`](Self::encode), in order: aggregates (each
+    /// dimension's keys, then its overflow), alerts, counter samples.
+    pub fn messages(&self) -> impl ExactSizeIterator<Item = MessageRef<'_>> {
+        self.spans.iter().map(|s| MessageRef {
+            topic: s.topic,
+            key: &self.buf[s.start..s.key_end],
+            payload: &self.buf[s.key_end..s.end],
+        })
+    }
+
+    /// How many messages the last [`encode`](Self::encode) made.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the last [`encode`](Self::encode) made no message.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Writes the message key `dimension|key`; returns where it starts.
+    fn begin_key(&mut self, dimension: &str, key: &str) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(dimension.as_bytes());
+        self.buf.push(b'|');
+        self.buf.extend_from_slice(key.as_bytes());
+        start
+    }
+
+    fn end(&mut self, topic: Topic, start: usize, key_end: usize) {
+        self.spans.push(Span {
+            topic,
+            start,
+            key_end,
+            end: self.buf.len(),
         });
     }
-    for c in &batch.counters {
-        out.push(Message {
-            topic: Topic::Counters,
-            key: counters_key(c),
-            payload: counters_doc(c, instance).to_string(),
-        });
+}
+
+/// Where one message lies in [`Encoder::buf`]: key, then document.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    topic: Topic,
+    start: usize,
+    key_end: usize,
+    end: usize,
+}
+
+/// The text every aggregate document of one dimension in one window shares, escaped once.
+struct WindowText {
+    timestamp: String,
+    window: String,
+    instance: Vec<u8>,
+    dimension: Vec<u8>,
+}
+
+impl WindowText {
+    fn new(window_start: u64, instance: &str) -> Self {
+        let mut escaped = Vec::new();
+        crate::json::escaped(&mut escaped, instance);
+        Self {
+            timestamp: crate::iso8601(window_start),
+            window: window_start.to_string(),
+            instance: escaped,
+            dimension: Vec::new(),
+        }
     }
-    out
+
+    fn set_dimension(&mut self, dimension: &str) {
+        self.dimension.clear();
+        crate::json::escaped(&mut self.dimension, dimension);
+    }
+}
+
+/// The fields of an aggregate document in the order `serde_json`'s map writes them (sorted by
+/// name), each with its `"name":` already written, for one list of key field names.
+#[derive(Debug, Default)]
+struct Plan {
+    names: Vec<&'static str>,
+    slots: Vec<(Vec<u8>, Slot)>,
+}
+
+/// Where the value of one field of an aggregate document comes from.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Bytes,
+    Dimension,
+    /// The key field at this index of [`AggEntry::fields`].
+    Field(usize),
+    Flows,
+    Id,
+    Instance,
+    Key,
+    Overflow,
+    Packets,
+    RawBytes,
+    RawPackets,
+    Timestamp,
+    WindowStart,
+}
+
+impl Plan {
+    fn new(fields: &[(&'static str, KeyValue)]) -> Self {
+        // The same rules as the map `aggregate_doc` fills: a later key field of the same name
+        // replaces an earlier one, and a fixed field replaces a key field of its name.
+        let mut order: BTreeMap<&str, Slot> = BTreeMap::new();
+        for (i, (name, _)) in fields.iter().enumerate() {
+            order.insert(name, Slot::Field(i));
+        }
+        for (name, slot) in [
+            ("@timestamp", Slot::Timestamp),
+            ("window_start", Slot::WindowStart),
+            ("dimension", Slot::Dimension),
+            ("key", Slot::Key),
+            ("instance", Slot::Instance),
+            ("id", Slot::Id),
+            ("bytes", Slot::Bytes),
+            ("packets", Slot::Packets),
+            ("flows", Slot::Flows),
+            ("raw_bytes", Slot::RawBytes),
+            ("raw_packets", Slot::RawPackets),
+            ("overflow", Slot::Overflow),
+        ] {
+            order.insert(name, slot);
+        }
+        let slots = order
+            .into_iter()
+            .map(|(name, slot)| {
+                let mut head = Vec::with_capacity(name.len() + 3);
+                crate::json::string(&mut head, name);
+                head.push(b':');
+                (head, slot)
+            })
+            .collect();
+        Self {
+            names: fields.iter().map(|(name, _)| *name).collect(),
+            slots,
+        }
+    }
+
+    /// Whether the plan was made for these key field names (every entry of a dimension has
+    /// the same ones, so this holds for all but a dimension's first).
+    fn fits(&self, fields: &[(&'static str, KeyValue)]) -> bool {
+        !self.slots.is_empty()
+            && self.names.len() == fields.len()
+            && self.names.iter().zip(fields).all(|(a, (b, _))| a == b)
+    }
+}
+
+/// Writes the document [`aggregate_doc`] (or, with `overflow`, [`overflow_doc`]) builds.
+fn write_aggregate(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    text: &WindowText,
+    e: &AggEntry,
+    overflow: bool,
+) {
+    use crate::json;
+
+    let key = if overflow {
+        OVERFLOW_KEY
+    } else {
+        e.key.as_str()
+    };
+    let t = &e.totals;
+    out.push(b'{');
+    for (i, (head, slot)) in plan.slots.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(head);
+        match *slot {
+            Slot::Bytes => json::uint(out, t.bytes),
+            Slot::Dimension => {
+                out.push(b'"');
+                out.extend_from_slice(&text.dimension);
+                out.push(b'"');
+            }
+            Slot::Field(i) => match e.fields[i].1 {
+                KeyValue::Ip(ip) => json::ip(out, ip),
+                KeyValue::Num(n) => json::uint(out, n),
+            },
+            Slot::Flows => json::uint(out, t.flows),
+            Slot::Id => {
+                // `doc_id`, escaped part by part.
+                out.push(b'"');
+                out.extend_from_slice(&text.dimension);
+                out.push(b'|');
+                json::escaped(out, key);
+                out.push(b'|');
+                out.extend_from_slice(text.window.as_bytes());
+                out.push(b'|');
+                out.extend_from_slice(&text.instance);
+                out.push(b'"');
+            }
+            Slot::Instance => {
+                out.push(b'"');
+                out.extend_from_slice(&text.instance);
+                out.push(b'"');
+            }
+            Slot::Key => json::string(out, key),
+            Slot::Overflow => json::boolean(out, overflow),
+            Slot::Packets => json::uint(out, t.packets),
+            Slot::RawBytes => json::uint(out, t.raw_bytes),
+            Slot::RawPackets => json::uint(out, t.raw_packets),
+            Slot::Timestamp => json::string(out, &text.timestamp),
+            Slot::WindowStart => out.extend_from_slice(text.window.as_bytes()),
+        }
+    }
+    out.push(b'}');
+}
+
+/// A value of an alert or counter sample document.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Bool(bool),
+    Float(Option<f64>),
+    Ip(std::net::IpAddr),
+    Str(&'a str),
+    Uint(u64),
+}
+
+/// Writes an object whose fields are given in any order, in `serde_json`'s map order (sorted by
+/// name; of two fields with one name, the later one). Alerts and counter samples are a few per
+/// window: sorting their fields each time costs nothing that matters.
+fn write_object(out: &mut Vec<u8>, fields: &mut [(&str, Field<'_>)]) {
+    use crate::json;
+
+    // Stable, so that of equal names the later stays last.
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    let mut first = true;
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if fields.get(i + 1).is_some_and(|next| next.0 == *name) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json::string(out, name);
+        out.push(b':');
+        match *value {
+            Field::Bool(v) => json::boolean(out, v),
+            Field::Float(v) => json::float(out, v),
+            Field::Ip(ip) => json::ip(out, ip),
+            Field::Str(s) => json::string(out, s),
+            Field::Uint(v) => json::uint(out, v),
+        }
+    }
+    out.push(b'}');
+}
+
+/// Writes the document [`alert_doc`] builds.
+fn write_alert(out: &mut Vec<u8>, a: &Alert, instance: &str) {
+    let timestamp = crate::iso8601(a.window_start);
+    let id = doc_id(&a.dimension, &a.key, a.window_start, instance);
+    write_object(
+        out,
+        &mut [
+            ("@timestamp", Field::Str(&timestamp)),
+            ("window_start", Field::Uint(a.window_start)),
+            ("dimension", Field::Str(&a.dimension)),
+            ("key", Field::Str(&a.key)),
+            ("instance", Field::Str(instance)),
+            ("id", Field::Str(&id)),
+            ("value", Field::Float(Some(a.value))),
+            ("mean", Field::Float(Some(a.mean))),
+            ("stddev", Field::Float(Some(a.stddev))),
+            ("score", Field::Float(Some(a.score))),
+            ("threshold", Field::Float(Some(a.threshold))),
+        ],
+    );
+}
+
+/// Writes the document [`counters_doc`] builds.
+fn write_counters(out: &mut Vec<u8>, c: &InterfaceCounters, instance: &str) {
+    let r = &c.record;
+    let timestamp = crate::iso8601_ms(r.time_ms);
+    let id = counters_doc_id(c);
+    let mut fields = Vec::with_capacity(56);
+    fields.extend([
+        ("@timestamp", Field::Str(&timestamp)),
+        ("time_ms", Field::Uint(r.time_ms)),
+        ("agent", Field::Ip(r.agent_ip())),
+        ("exporter", Field::Ip(r.exporter_ip())),
+        ("exporter_port", Field::Uint(r.exporter_port.into())),
+        ("sub_agent_id", Field::Uint(r.sub_agent_id.into())),
+        ("uptime_ms", Field::Uint(r.uptime_ms.into())),
+        ("sample_sequence", Field::Uint(r.sample_sequence.into())),
+        ("source_id_type", Field::Uint(r.source_id_type.into())),
+        ("source_id_index", Field::Uint(r.source_id_index.into())),
+        ("has_generic", Field::Bool(r.has_generic != 0)),
+        ("has_ethernet", Field::Bool(r.has_ethernet != 0)),
+        ("if_index", Field::Uint(r.if_index.into())),
+        ("if_type", Field::Uint(r.if_type.into())),
+        ("if_speed", Field::Uint(r.if_speed)),
+        ("if_direction", Field::Uint(r.if_direction.into())),
+        ("if_status", Field::Uint(r.if_status.into())),
+        ("in_octets", Field::Uint(r.in_octets)),
+        ("out_octets", Field::Uint(r.out_octets)),
+    ]);
+    fields.extend(
+        counter_fields(r)
+            .into_iter()
+            .map(|(name, v)| (name, Field::Uint(v.into()))),
+    );
+    fields.extend([
+        ("interval_secs", Field::Float(c.interval_secs)),
+        ("in_bps", Field::Float(c.in_bps)),
+        ("out_bps", Field::Float(c.out_bps)),
+        ("utilisation", Field::Float(c.utilisation)),
+        ("instance", Field::Str(instance)),
+        ("id", Field::Str(&id)),
+    ]);
+    write_object(out, &mut fields);
 }
 
 /// Delivery reports of the current `send`: messages carry the generation they were sent in,
@@ -1171,6 +1552,118 @@ mod tests {
         assert_eq!(m[0].key, "192.0.2.1|7");
         let doc: Value = serde_json::from_str(&m[0].payload).unwrap();
         assert_eq!(doc["if_index"], 7);
+    }
+
+    /// The direct encoder must write exactly what `serde_json` writes for the documents the
+    /// `*_doc` functions build: IPv4 and IPv6 key fields, key field names that sort among the
+    /// fixed fields, overflow, alerts with NaN and infinities, counter samples with and
+    /// without rates, and names and instances that need escaping.
+    #[test]
+    fn encoder_writes_what_serde_json_writes() {
+        let v6 = |s: &str| KeyValue::Ip(s.parse().unwrap());
+        let mut odd = entry();
+        // A key field sharing a fixed field's name loses to it; a repeated one keeps its last.
+        odd.fields.push(("bytes", KeyValue::Num(1)));
+        odd.fields.push(("dst_port", KeyValue::Num(80)));
+        let batch = WindowBatch {
+            window_start: 1_767_225_600,
+            closed_unix_ms: 0,
+            dimensions: vec![
+                DimensionWindow {
+                    dimension: Arc::from("src_ip+dst_port+protocol"),
+                    entries: vec![entry(), entry(), odd],
+                    overflow: Totals {
+                        bytes: 7,
+                        packets: 1,
+                        flows: 1,
+                        raw_bytes: 7,
+                        raw_packets: 1,
+                    },
+                },
+                DimensionWindow {
+                    dimension: Arc::from("dst_ip"),
+                    entries: ["2001:db8::1", "::ffff:192.0.2.1", "::"]
+                        .iter()
+                        .map(|a| AggEntry {
+                            key: (*a).to_owned(),
+                            fields: vec![("dst_ip", v6(a))],
+                            totals: Totals {
+                                bytes: u64::MAX,
+                                ..Totals::default()
+                            },
+                        })
+                        .collect(),
+                    overflow: Totals::default(),
+                },
+                DimensionWindow {
+                    dimension: Arc::from("we\"ird\u{1}\u{e9}/\t"),
+                    entries: vec![AggEntry {
+                        key: "k\"\\\n".to_owned(),
+                        fields: vec![("aaa", KeyValue::Num(0)), ("zzz", KeyValue::Num(1))],
+                        totals: Totals::default(),
+                    }],
+                    overflow: Totals {
+                        flows: 3,
+                        ..Totals::default()
+                    },
+                },
+            ],
+            alerts: [1e6, f64::NAN, f64::INFINITY, 0.1, 1e-7, 1e21]
+                .iter()
+                .map(|&v| Alert {
+                    dimension: Arc::from("dst_port"),
+                    key: "22".to_owned(),
+                    window_start: 1_767_225_600,
+                    value: v,
+                    mean: 10.5,
+                    stddev: -v,
+                    score: f64::NEG_INFINITY,
+                    threshold: 4.0,
+                })
+                .collect(),
+            counters: {
+                let mut bare = sample();
+                bare.in_bps = None;
+                bare.utilisation = Some(f64::NAN);
+                bare.record.agent = "2001:db8::7"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets();
+                vec![sample(), bare]
+            },
+        };
+        for instance in ["a1", "host \"x\" \\ \u{7f}\u{1f}\u{1f600}"] {
+            let mut expected = Vec::new();
+            let w = batch.window_start;
+            for dim in &batch.dimensions {
+                for e in &dim.entries {
+                    expected.push(aggregate_doc(&dim.dimension, e, w, instance));
+                }
+                if dim.overflow != Totals::default() {
+                    expected.push(overflow_doc(&dim.dimension, &dim.overflow, w, instance));
+                }
+            }
+            expected.extend(batch.alerts.iter().map(|a| alert_doc(a, instance)));
+            expected.extend(batch.counters.iter().map(|c| counters_doc(c, instance)));
+
+            // Twice through one encoder: a reused buffer writes the same.
+            let mut encoder = Encoder::default();
+            for _ in 0..2 {
+                encoder.encode(&batch, instance);
+                assert_eq!(encoder.len(), expected.len());
+                for (m, doc) in encoder.messages().zip(&expected) {
+                    let want = serde_json::to_string(doc).unwrap();
+                    assert_eq!(String::from_utf8_lossy(m.payload), want);
+                }
+            }
+            let keys: Vec<String> = encode(&batch, instance)
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            assert_eq!(keys[3], "src_ip+dst_port+protocol|__overflow__");
+            assert_eq!(keys[4], "dst_ip|2001:db8::1");
+            assert_eq!(keys[keys.len() - 1], "2001:db8::7|7");
+        }
     }
 
     #[test]

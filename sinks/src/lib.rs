@@ -18,8 +18,10 @@
 //! definition of the key layout.
 #![warn(missing_docs)]
 
+mod json;
 pub mod kafka;
 mod ratelimit;
+mod resp;
 pub mod valkey;
 
 pub use kafka::{KafkaSink, KafkaSinkConfig};

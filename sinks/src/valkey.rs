@@ -61,11 +61,12 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowplane_engine::{InterfaceCounters, SinkError, Totals, WindowBatch};
-use redis::{Connection, Pipeline};
+use redis::{Connection, ConnectionLike};
 use serde::Deserialize;
 
 use crate::SinkConfigError;
 use crate::ratelimit::{RateLimit, WARN_INTERVAL};
+use crate::resp;
 
 /// `[valkey]`: where and how the Valkey sink writes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -154,6 +155,8 @@ pub struct ValkeySink {
     conn: Option<Connection>,
     instance: String,
     warn: RateLimit,
+    /// The window being sent, kept (cleared, not freed) for the next one.
+    encoder: Encoder,
 }
 
 impl ValkeySink {
@@ -177,6 +180,7 @@ impl ValkeySink {
             conn: None,
             instance,
             warn: RateLimit::new(WARN_INTERVAL),
+            encoder: Encoder::default(),
         })
     }
 
@@ -195,21 +199,28 @@ impl ValkeySink {
     }
 
     fn write(&mut self, batch: &WindowBatch) -> Result<(), SinkError> {
-        let chunks = encode_window(
+        self.encoder.encode(
             batch,
             &self.config.key_prefix,
             &self.instance,
             self.config.ttl_secs,
             self.config.max_pipeline_commands,
         );
-        if chunks.is_empty() {
+        if self.encoder.chunks().is_empty() {
             return Ok(());
         }
-        let conn = self.connection()?;
+        self.connection()?;
+        let Self { conn, encoder, .. } = self;
+        // Made just above.
+        let conn = conn.as_mut().ok_or_else(|| SinkError::Unavailable {
+            sink: NAME,
+            reason: "no connection".to_owned(),
+        })?;
+        let chunks = encoder.chunks();
 
         // Which chunks already landed (a resend after a failure half-way).
         let mut exists = redis::pipe();
-        for chunk in &chunks {
+        for chunk in chunks {
             exists.cmd("EXISTS").arg(&chunk.marker);
         }
         let landed: Vec<bool> = exists.query(conn).map_err(|e| classify(&e))?;
@@ -219,9 +230,30 @@ impl ValkeySink {
                 tracing::debug!(sink = NAME, marker = %chunk.marker, "Chunk already written.");
                 continue;
             }
-            chunk.pipe.query::<()>(conn).map_err(|e| classify(&e))?;
+            transaction(conn, chunk)?;
         }
         Ok(())
+    }
+}
+
+/// Sends one chunk and checks `EXEC`'s reply, as the `redis` crate's atomic pipeline does: an
+/// error while queueing aborts the transaction (`EXECABORT`), an error of a command inside it
+/// fails the write; both are errors here.
+fn transaction(conn: &mut Connection, chunk: &Chunk) -> Result<(), SinkError> {
+    // Skip the replies to MULTI and every QUEUED, read the one to EXEC.
+    let mut replies = conn
+        .req_packed_commands(&chunk.packed, chunk.commands + 1, 1)
+        .map_err(|e| classify(&e))?;
+    match replies.pop() {
+        // Only a WATCH makes EXEC answer nil; the crate takes it as success too.
+        Some(redis::Value::Nil) => Ok(()),
+        Some(items @ redis::Value::Array(_)) => {
+            items.extract_error().map(|_| ()).map_err(|e| classify(&e))
+        }
+        other => Err(SinkError::Rejected {
+            sink: NAME,
+            reason: format!("unexpected reply to EXEC: {other:?}"),
+        }),
     }
 }
 
@@ -743,17 +775,25 @@ pub fn interfaces_seen(conn: &mut Connection, prefix: &str) -> Result<Vec<String
 }
 
 /// One transaction of a window's write, and the marker it sets. See [`encode_window`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Chunk {
-    pipe: Pipeline,
+    /// `MULTI`, the commands, `EXEC`, in RESP.
+    packed: Vec<u8>,
+    /// Commands between `MULTI` and `EXEC`.
+    commands: usize,
     marker: String,
 }
 
 impl Chunk {
-    /// The `MULTI`/`EXEC` pipeline: the chunk's increments, the `EXPIRE` of every key it
-    /// writes and the `SET` of its marker.
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipe
+    /// The `MULTI`/`EXEC` transaction in the protocol's bytes, as the client sends it: the
+    /// chunk's increments, the `EXPIRE` of every key it writes and the `SET` of its marker.
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+
+    /// How many commands the transaction holds between `MULTI` and `EXEC`.
+    pub fn commands(&self) -> usize {
+        self.commands
     }
 
     /// The marker key the chunk sets; [`ValkeySink`] skips a chunk whose marker exists.
@@ -768,7 +808,7 @@ impl Chunk {
 ///
 /// `prefix` is the key prefix, `instance` names the writer in the markers, `ttl` is the expiry
 /// in seconds and `max_commands` the size at which a window is split into another chunk. An
-/// empty window yields no chunk.
+/// empty window yields no chunk. A convenience over [`Encoder`], which the sink uses.
 pub fn encode_window(
     batch: &WindowBatch,
     prefix: &str,
@@ -776,84 +816,195 @@ pub fn encode_window(
     ttl: u64,
     max_commands: usize,
 ) -> Vec<Chunk> {
-    let sec = batch.window_start;
-    let mut chunks = Vec::new();
-    // The marker names the batch's content too: a second, different batch for the same second
-    // (which the engine may send after a late merge) must add, not be taken for a resend.
-    let instance = format!("{instance}:{sec}:{:016x}", fingerprint(batch));
-    let instance = instance.as_str();
-    let mut b = ChunkBuilder::new(prefix, instance, ttl);
+    let mut encoder = Encoder::default();
+    encoder.encode(batch, prefix, instance, ttl, max_commands);
+    encoder.chunks.truncate(encoder.used);
+    encoder.chunks
+}
 
-    for dim in &batch.dimensions {
-        let mut window = dim.overflow;
-        for e in &dim.entries {
-            window.add(&e.totals);
-        }
-        if dim.entries.is_empty() && window == Totals::default() {
-            continue;
-        }
-        let (zkey, hkey, tkey) = (
-            zset_key(prefix, &dim.dimension, sec),
-            hash_key(prefix, &dim.dimension, sec),
-            totals_key(prefix, &dim.dimension, sec),
-        );
+/// Builds a window's transactions ([`encode_window`]) into buffers kept from window to
+/// window: each chunk's bytes are cleared and written again, so a steady stream of windows
+/// allocates nothing once the buffers have grown (and touches no fresh pages).
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// Every chunk made so far; the first `used` belong to the last window.
+    chunks: Vec<Chunk>,
+    used: usize,
+    /// Commands of the current chunk that count towards `max_commands` (not its `EXPIRE`s
+    /// and marker).
+    counted: usize,
+    /// Keys the current chunk writes, for its `EXPIRE`s, in the order first written.
+    touched: Vec<String>,
+}
 
-        // The dimension's totals and its name, once, in the chunk where the dimension starts.
-        let t = &mut b.pipe;
-        t.cmd("SADD")
-            .arg(dims_key(prefix))
-            .arg(&*dim.dimension)
-            .ignore();
-        for (field, value) in totals_fields(&window, &dim.overflow) {
-            t.cmd("HINCRBY").arg(&tkey).arg(field).arg(value).ignore();
-        }
-        b.commands += 11;
-        b.touch(&tkey);
-        b.touch(&dims_key(prefix));
+impl Encoder {
+    /// Encodes the transactions that write `batch`, replacing what the encoder held; returns
+    /// them. The arguments are those of [`encode_window`].
+    pub fn encode(
+        &mut self,
+        batch: &WindowBatch,
+        prefix: &str,
+        instance: &str,
+        ttl: u64,
+        max_commands: usize,
+    ) -> &[Chunk] {
+        let sec = batch.window_start;
+        self.used = 0;
+        // The marker names the batch's content too: a second, different batch for the same
+        // second (which the engine may send after a late merge) must add, not be taken for a
+        // resend.
+        let marker = format!("{prefix}:m:{instance}:{sec}:{:016x}:", fingerprint(batch));
+        self.start(&marker);
+        let dims = dims_key(prefix);
 
-        for e in &dim.entries {
-            if b.commands >= max_commands {
-                chunks.push(b.finish());
-                b = ChunkBuilder::new(prefix, instance, ttl);
-                b.index = chunks.len();
+        for dim in &batch.dimensions {
+            let mut window = dim.overflow;
+            for e in &dim.entries {
+                window.add(&e.totals);
             }
-            let t = &e.totals;
-            b.pipe
-                .cmd("ZINCRBY")
-                .arg(&zkey)
-                .arg(t.bytes)
-                .arg(&e.key)
-                .ignore();
-            b.commands += 1;
-            for (kind, value) in [
-                ("p", t.packets),
-                ("f", t.flows),
-                ("rb", t.raw_bytes),
-                ("rp", t.raw_packets),
-            ] {
-                // A zero increment changes nothing; the reader treats a missing field as 0.
-                if value == 0 {
-                    continue;
+            if dim.entries.is_empty() && window == Totals::default() {
+                continue;
+            }
+            let (zkey, hkey, tkey) = (
+                zset_key(prefix, &dim.dimension, sec),
+                hash_key(prefix, &dim.dimension, sec),
+                totals_key(prefix, &dim.dimension, sec),
+            );
+
+            // The dimension's totals and its name, once, in the chunk where the dimension
+            // starts.
+            let out = self.out();
+            resp::command(out, 3);
+            resp::arg(out, b"SADD");
+            resp::arg(out, dims.as_bytes());
+            resp::arg(out, dim.dimension.as_bytes());
+            for (field, value) in totals_fields(&window, &dim.overflow) {
+                hincrby(out, tkey.as_bytes(), &[field.as_bytes()], value);
+            }
+            self.count(11, 11);
+            self.touch(&tkey);
+            self.touch(&dims);
+
+            // The sorted set and hash are touched by the first entry of each chunk.
+            let mut touched = false;
+            for e in &dim.entries {
+                if self.counted >= max_commands {
+                    self.finish(ttl);
+                    self.start(&marker);
+                    touched = false;
                 }
-                b.pipe
-                    .cmd("HINCRBY")
-                    .arg(&hkey)
-                    .arg(hash_field(kind, &e.key))
-                    .arg(value)
-                    .ignore();
-                b.commands += 1;
+                let t = &e.totals;
+                let key = e.key.as_bytes();
+                let out = self.out();
+                resp::command(out, 4);
+                resp::arg(out, b"ZINCRBY");
+                resp::arg(out, zkey.as_bytes());
+                resp::arg_u64(out, t.bytes);
+                resp::arg(out, key);
+                let mut n = 1;
+                for (kind, value) in [
+                    (&b"p|"[..], t.packets),
+                    (b"f|", t.flows),
+                    (b"rb|", t.raw_bytes),
+                    (b"rp|", t.raw_packets),
+                ] {
+                    // A zero increment changes nothing; the reader treats a missing field as 0.
+                    if value == 0 {
+                        continue;
+                    }
+                    hincrby(out, hkey.as_bytes(), &[kind, key], value);
+                    n += 1;
+                }
+                self.count(n, n);
+                if !touched {
+                    self.touch(&zkey);
+                    self.touch(&hkey);
+                    touched = true;
+                }
             }
-            b.touch(&zkey);
-            b.touch(&hkey);
+        }
+
+        let ifs = interfaces_set_key(prefix);
+        for c in &batch.counters {
+            if self.counted >= max_commands {
+                self.finish(ttl);
+                self.start(&marker);
+            }
+            self.counter_sample(c, prefix, &ifs);
+        }
+        if self.counted > 0 {
+            self.finish(ttl);
+        }
+        &self.chunks[..self.used]
+    }
+
+    /// The transactions of the last [`encode`](Self::encode).
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks[..self.used]
+    }
+
+    /// Starts the next chunk, reusing the buffer of a chunk of an earlier window.
+    fn start(&mut self, marker: &str) {
+        if self.used == self.chunks.len() {
+            self.chunks.push(Chunk::default());
+        }
+        let chunk = &mut self.chunks[self.used];
+        chunk.packed.clear();
+        chunk.commands = 0;
+        chunk.marker.clear();
+        chunk.marker.push_str(marker);
+        resp::command(&mut chunk.packed, 1);
+        resp::arg(&mut chunk.packed, b"MULTI");
+        self.counted = 0;
+        self.touched.clear();
+    }
+
+    /// The current chunk's bytes.
+    fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.chunks[self.used].packed
+    }
+
+    /// Counts commands just written: all of them, and those that count towards the limit.
+    fn count(&mut self, written: usize, counted: usize) {
+        self.chunks[self.used].commands += written;
+        self.counted += counted;
+    }
+
+    /// Remembers a key for the chunk's `EXPIRE`s (a few distinct keys per chunk: a linear
+    /// search is enough).
+    fn touch(&mut self, key: &str) {
+        if !self.touched.iter().any(|k| k == key) {
+            self.touched.push(key.to_owned());
         }
     }
-    let ifs = interfaces_set_key(prefix);
-    for c in &batch.counters {
-        if b.commands >= max_commands {
-            chunks.push(b.finish());
-            b = ChunkBuilder::new(prefix, instance, ttl);
-            b.index = chunks.len();
+
+    /// Ends the current chunk: an `EXPIRE` for every key it wrote, its marker, `EXEC`.
+    fn finish(&mut self, ttl: u64) {
+        let index = self.used;
+        let chunk = &mut self.chunks[index];
+        let out = &mut chunk.packed;
+        for key in &self.touched {
+            resp::command(out, 3);
+            resp::arg(out, b"EXPIRE");
+            resp::arg(out, key.as_bytes());
+            resp::arg_u64(out, ttl);
         }
+        // The marker was started as `P:m:I:S:F:`; the chunk index completes it.
+        chunk.marker.push_str(itoa::Buffer::new().format(index));
+        resp::command(out, 5);
+        resp::arg(out, b"SET");
+        resp::arg(out, chunk.marker.as_bytes());
+        resp::arg(out, b"1");
+        resp::arg(out, b"EX");
+        resp::arg_u64(out, ttl);
+        resp::command(out, 1);
+        resp::arg(out, b"EXEC");
+        chunk.commands += self.touched.len() + 1;
+        self.used += 1;
+    }
+
+    /// Writes one interface counter sample: gauges (see the module documentation).
+    fn counter_sample(&mut self, c: &InterfaceCounters, prefix: &str, ifs: &str) {
         let r = &c.record;
         let member = interface_member(&r.agent_ip().to_string(), r.if_index);
         let csec = r.time_ms / 1_000;
@@ -863,30 +1014,42 @@ pub fn encode_window(
         );
         if let Some(u) = c.utilisation.filter(|u| u.is_finite()) {
             // A gauge: the larger reading of one second stays, and a repeat changes nothing.
-            b.pipe
-                .cmd("ZADD")
-                .arg(&ukey)
-                .arg("GT")
-                .arg(u)
-                .arg(&member)
-                .ignore();
-            b.commands += 1;
-            b.touch(&ukey);
+            let out = self.out();
+            resp::command(out, 5);
+            resp::arg(out, b"ZADD");
+            resp::arg(out, ukey.as_bytes());
+            resp::arg(out, b"GT");
+            resp::arg_f64(out, u);
+            resp::arg(out, member.as_bytes());
+            self.count(1, 1);
+            self.touch(&ukey);
         }
-        let cmd = b.pipe.cmd("HSET").arg(&ckey);
-        for (field, value) in interface_values(c) {
-            cmd.arg(interface_field(&member, field)).arg(value);
+        let values = interface_values(c);
+        let out = self.out();
+        resp::command(out, 2 + 2 * values.len());
+        resp::arg(out, b"HSET");
+        resp::arg(out, ckey.as_bytes());
+        for (field, value) in &values {
+            resp::arg_parts(out, &[member.as_bytes(), b"|", field.as_bytes()]);
+            resp::arg(out, value.as_bytes());
         }
-        cmd.ignore();
-        b.pipe.cmd("SADD").arg(&ifs).arg(&member).ignore();
-        b.commands += 2;
-        b.touch(&ckey);
-        b.touch(&ifs);
+        resp::command(out, 3);
+        resp::arg(out, b"SADD");
+        resp::arg(out, ifs.as_bytes());
+        resp::arg(out, member.as_bytes());
+        self.count(2, 2);
+        self.touch(&ckey);
+        self.touch(ifs);
     }
-    if b.commands > 0 {
-        chunks.push(b.finish());
-    }
-    chunks
+}
+
+/// Appends `HINCRBY key FIELD value`, the field given in parts.
+fn hincrby(out: &mut Vec<u8>, key: &[u8], field: &[&[u8]], value: u64) {
+    resp::command(out, 4);
+    resp::arg(out, b"HINCRBY");
+    resp::arg(out, key);
+    resp::arg_parts(out, field);
+    resp::arg_u64(out, value);
 }
 
 /// The `P:ifc:S` values of one sample, by field name (rates only when the sample has them).
@@ -910,61 +1073,6 @@ fn interface_values(c: &InterfaceCounters) -> Vec<(&'static str, String)> {
         v.push((name, n.to_string()));
     }
     v
-}
-
-/// Accumulates one chunk: its commands, then `EXPIRE` for every key it wrote and its marker.
-struct ChunkBuilder<'a> {
-    prefix: &'a str,
-    /// Instance, second and batch fingerprint: the middle of the marker's name.
-    instance: &'a str,
-    ttl: u64,
-    index: usize,
-    pipe: Pipeline,
-    commands: usize,
-    touched: Vec<String>,
-}
-
-impl<'a> ChunkBuilder<'a> {
-    fn new(prefix: &'a str, instance: &'a str, ttl: u64) -> Self {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        Self {
-            prefix,
-            instance,
-            ttl,
-            index: 0,
-            pipe,
-            commands: 0,
-            touched: Vec::new(),
-        }
-    }
-
-    /// Remembers a key for the chunk's `EXPIRE`s (a few distinct keys per chunk: a linear
-    /// search is enough).
-    fn touch(&mut self, key: &str) {
-        if !self.touched.iter().any(|k| k == key) {
-            self.touched.push(key.to_owned());
-        }
-    }
-
-    fn finish(mut self) -> Chunk {
-        for key in &self.touched {
-            self.pipe.cmd("EXPIRE").arg(key).arg(self.ttl).ignore();
-        }
-        // `instance` already carries the second and the batch fingerprint (see `plan`).
-        let marker = format!("{}:m:{}:{}", self.prefix, self.instance, self.index);
-        self.pipe
-            .cmd("SET")
-            .arg(&marker)
-            .arg(1)
-            .arg("EX")
-            .arg(self.ttl)
-            .ignore();
-        Chunk {
-            pipe: self.pipe,
-            marker,
-        }
-    }
 }
 
 /// A hash of everything a batch writes, stable for one process (resends come from the same
@@ -1161,18 +1269,37 @@ mod tests {
         }
     }
 
-    fn commands(pipe: &Pipeline) -> Vec<String> {
-        pipe.cmd_iter()
-            .map(|c| {
-                c.args_iter()
-                    .map(|a| match a {
-                        redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
-                        _ => "<other>".to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect()
+    /// The commands of a chunk between its `MULTI` and `EXEC`, arguments joined by spaces.
+    fn commands(chunk: &Chunk) -> Vec<String> {
+        let mut b = chunk.packed();
+        let line = |b: &mut &[u8]| {
+            let end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+            let l = std::str::from_utf8(&b[1..end])
+                .unwrap()
+                .parse::<usize>()
+                .unwrap();
+            *b = &b[end + 2..];
+            l
+        };
+        let mut cmds = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(b[0], b'*');
+            let args = line(&mut b);
+            let mut cmd = Vec::new();
+            for _ in 0..args {
+                assert_eq!(b[0], b'$');
+                let len = line(&mut b);
+                cmd.push(String::from_utf8_lossy(&b[..len]).into_owned());
+                assert_eq!(&b[len..len + 2], b"\r\n");
+                b = &b[len + 2..];
+            }
+            cmds.push(cmd.join(" "));
+        }
+        assert_eq!(cmds.first().map(String::as_str), Some("MULTI"));
+        assert_eq!(cmds.pop().as_deref(), Some("EXEC"));
+        cmds.remove(0);
+        assert_eq!(cmds.len(), chunk.commands());
+        cmds
     }
 
     #[test]
@@ -1198,7 +1325,7 @@ mod tests {
     fn one_window_is_one_transaction_of_increments_with_expiries() {
         let chunks = encode_window(&batch(2), "fp", "i", 301, 100_000);
         assert_eq!(chunks.len(), 1);
-        let cmds = commands(&chunks[0].pipe);
+        let cmds = commands(&chunks[0]);
         assert!(cmds.contains(&"ZINCRBY fp:z:dst_port:1700000000 100 0".to_owned()));
         assert!(cmds.contains(&"HINCRBY fp:h:dst_port:1700000000 p|1 2".to_owned()));
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 200".to_owned()));
@@ -1225,7 +1352,7 @@ mod tests {
         for (i, chunk) in chunks.iter().enumerate() {
             assert!(chunk.marker.starts_with("fp:m:i:1700000000:"));
             assert!(chunk.marker.ends_with(&format!(":{i}")), "{}", chunk.marker);
-            let cmds = commands(&chunk.pipe);
+            let cmds = commands(chunk);
             zincrby += cmds.iter().filter(|c| c.starts_with("ZINCRBY")).count();
             assert!(cmds.contains(&"EXPIRE fp:z:dst_port:1700000000 301".to_owned()));
             assert!(cmds.len() <= 1_000 + 20, "{}", cmds.len());
@@ -1239,7 +1366,7 @@ mod tests {
         let mut b = batch(0);
         b.dimensions[0].overflow.bytes = 7;
         let chunks = encode_window(&b, "fp", "i", 301, 1_000);
-        let cmds = commands(&chunks[0].pipe);
+        let cmds = commands(&chunks[0]);
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 overflow_bytes 7".to_owned()));
         assert!(cmds.contains(&"HINCRBY fp:t:dst_port:1700000000 bytes 7".to_owned()));
     }
@@ -1277,7 +1404,7 @@ mod tests {
         b.counters = vec![counters(Some(0.5)), counters(None)];
         let chunks = encode_window(&b, "fp", "i", 301, 100_000);
         assert_eq!(chunks.len(), 1);
-        let cmds = commands(&chunks[0].pipe);
+        let cmds = commands(&chunks[0]);
         let s = 1_699_999_999;
         assert!(
             cmds.contains(&format!("ZADD fp:ifu:{s} GT 0.5 192.0.2.1|7")),
@@ -1342,12 +1469,7 @@ mod tests {
         assert!(chunks.len() >= 9, "{}", chunks.len());
         let zadd: usize = chunks
             .iter()
-            .map(|c| {
-                commands(&c.pipe)
-                    .iter()
-                    .filter(|c| c.starts_with("ZADD"))
-                    .count()
-            })
+            .map(|c| commands(c).iter().filter(|c| c.starts_with("ZADD")).count())
             .sum();
         assert_eq!(zadd, 1_000);
     }
