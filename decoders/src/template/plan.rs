@@ -324,13 +324,15 @@ impl Plan {
         };
         let mut vals: Vals = [0; VALS];
         let mut n = 0u32;
+        // `fill` and the rate overwrite every field a record sets, the same ones each time, so
+        // one copy of `base` serves the whole set.
+        let mut rec = *base;
         let records = body.chunks_exact(self.record_len);
         let tail = records.remainder().len();
         for r in records {
             for st in self.steps.iter() {
                 vals[usize::from(st.slot) & (VALS - 1)] = st.read(r);
             }
-            let mut rec = *base;
             self.fill(&vals, &mut rec, time);
             rec.sampling_rate = match scope_rate {
                 Some(s) => s,
@@ -342,8 +344,9 @@ impl Plan {
         (n, tail)
     }
 
-    /// Accum::finish without the choices: those were made in [`Plan::compile`].
-    #[inline]
+    /// Accum::finish without the choices: those were made in [`Plan::compile`]. Writes every
+    /// field finish writes except `sampling_rate`.
+    #[inline(always)]
     fn fill(&self, v: &Vals, rec: &mut FlowRecord, time: &TimeBase) {
         let at = |s: Option<Slot>| s.map_or(0, |s| v[s as usize]);
         rec.bytes = at(self.bytes);
