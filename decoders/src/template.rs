@@ -8,10 +8,11 @@
 //! # Decoding a record
 //!
 //! A learned [`Template`] keeps one [`Role`] per field, resolved once when the template is
-//! learned. For templates without variable-length fields it also keeps the fixed offset of every
-//! field flowplane maps, so that decoding a record touches only those bytes. Each record is
-//! gathered into an [`Accum`] (a stack value) and turned into a [`FlowRecord`] by
-//! [`Accum::finish`]: no allocation per record.
+//! learned. A data template without variable-length fields is also compiled into a plan (see
+//! `plan.rs`): fixed-offset reads of the fields that matter and the fallbacks chosen once, used
+//! by [`Template::decode_flows`]. The general path, for the other templates and for options
+//! data, gathers each record into an [`Accum`] (a stack value) and turns it into a
+//! [`FlowRecord`] with [`Accum::finish`]. Neither allocates per record.
 
 use crate::{DecodeError, FlowRecord, v4_to_bytes};
 

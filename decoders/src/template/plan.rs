@@ -154,6 +154,10 @@ const SLOTS: usize = Slot::SelectorId as usize + 1;
 const VALS: usize = 64;
 const _: () = assert!(SLOTS <= VALS && VALS.is_power_of_two() && VALS <= u64::BITS as usize);
 
+// At most one step per slot (an IPv6 address's second step takes its low slot), so a plan holds
+// at most SLOTS steps of this size; docs/decoders.md bounds template memory with both numbers.
+const _: () = assert!(size_of::<Step>() == 6 && SLOTS == 41);
+
 /// A window read needs 8 bytes of record.
 const WINDOW: usize = 8;
 
