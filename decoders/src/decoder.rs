@@ -942,15 +942,13 @@ fn decode_set<F: FnMut(&FlowRecord)>(
 
     let mut emitted = 0u32;
     let scope_rate = st.samplers.get(&sampler_key(SamplerRef::Scope)).copied();
-    let out = template.for_each_record(body, |acc: &Accum| {
-        // A sampler named in the record wins over the scope-wide announcement.
-        let rate = match acc.sampler_ref() {
-            SamplerRef::Scope => scope_rate,
-            named => st.samplers.get(&sampler_key(named)).copied().or(scope_rate),
-        };
-        let mut rec = *base;
-        acc.finish(&mut rec, time, rate);
-        emit(&rec);
+    // A sampler named in the record wins over the scope-wide announcement.
+    let rate = |named| match named {
+        SamplerRef::Scope => scope_rate,
+        named => st.samplers.get(&sampler_key(named)).copied().or(scope_rate),
+    };
+    let out = template.decode_flows(body, base, time, rate, |rec: &FlowRecord| {
+        emit(rec);
         emitted += 1;
     });
     match out {

@@ -8,12 +8,15 @@
 //! # Decoding a record
 //!
 //! A learned [`Template`] keeps one [`Role`] per field, resolved once when the template is
-//! learned. For templates without variable-length fields it also keeps the fixed offset of every
-//! field flowplane maps, so that decoding a record touches only those bytes. Each record is
-//! gathered into an [`Accum`] (a stack value) and turned into a [`FlowRecord`] by
-//! [`Accum::finish`]: no allocation per record.
+//! learned. A data template without variable-length fields is also compiled into a plan (see
+//! `plan.rs`): fixed-offset reads of the fields that matter and the fallbacks chosen once, used
+//! by [`Template::decode_flows`]. The general path, for the other templates and for options
+//! data, gathers each record into an [`Accum`] (a stack value) and turns it into a
+//! [`FlowRecord`] with [`Accum::finish`]. Neither allocates per record.
 
 use crate::{DecodeError, FlowRecord, v4_to_bytes};
+
+mod plan;
 
 /// Length value that marks a variable-length field ([RFC 7011 § 7]).
 ///
@@ -385,6 +388,8 @@ pub struct Template {
     fields: Box<[TField]>,
     /// Mapped fields with their offsets, when no field is variable-length.
     fixed: Option<Box<[Mapped]>>,
+    /// The compiled form of a data template without variable-length fields.
+    plan: Option<plan::Plan>,
     min_len: usize,
 }
 
@@ -451,10 +456,18 @@ impl Template {
             mapped.into_boxed_slice()
         });
 
+        // Options records are few and feed the sampler tables: they keep the general path.
+        let plan = match kind {
+            TemplateKind::Data => plan::Plan::compile(fields.iter().map(|f| (f.len, f.role))),
+            TemplateKind::Options => None,
+        };
+        debug_assert!(plan.as_ref().is_none_or(|p| p.record_len() == min_len));
+
         Ok(Self {
             kind,
             fields: fields.into_boxed_slice(),
             fixed,
+            plan,
             min_len,
         })
     }
@@ -481,6 +494,62 @@ impl Template {
                 .fixed
                 .as_ref()
                 .map_or(0, |m| m.len() * size_of::<Mapped>())
+            + self.plan.as_ref().map_or(0, plan::Plan::heap_bytes)
+    }
+
+    /// Decodes every flow record of a data set body into copies of `base`, calling `emit` with
+    /// each. `rate` gives the option-announced 1-in-N rate of a sampler; a rate in the record
+    /// itself wins, and 1 applies when neither is known. Returns the number of records.
+    ///
+    /// Templates without variable-length fields run their compiled plan; the others gather
+    /// each record field by field ([`Accum`]). Both give the same records.
+    ///
+    /// # Errors
+    ///
+    /// As [`Template::for_each_record`]; records before the error were emitted, and the
+    /// count of them is what `emit` saw.
+    pub fn decode_flows<R, F>(
+        &self,
+        body: &[u8],
+        base: &FlowRecord,
+        time: &TimeBase,
+        mut rate: R,
+        mut emit: F,
+    ) -> Result<u32, DecodeError>
+    where
+        R: FnMut(SamplerRef) -> Option<u32>,
+        F: FnMut(&FlowRecord),
+    {
+        let Some(plan) = &self.plan else {
+            return self.decode_flows_general(body, base, time, rate, emit);
+        };
+        let (n, tail) = plan.decode(body, base, time, &mut rate, &mut emit);
+        // The same padding rule as for_each_record.
+        if n == 0 && tail >= MAX_ALIGN_PADDING {
+            return Err(DecodeError::TruncatedRecord);
+        }
+        Ok(n)
+    }
+
+    /// [`Template::decode_flows`] through [`Accum`]: the path of variable-length templates, and
+    /// the reference the compiled plan is tested against.
+    fn decode_flows_general<R, F>(
+        &self,
+        body: &[u8],
+        base: &FlowRecord,
+        time: &TimeBase,
+        mut rate: R,
+        mut emit: F,
+    ) -> Result<u32, DecodeError>
+    where
+        R: FnMut(SamplerRef) -> Option<u32>,
+        F: FnMut(&FlowRecord),
+    {
+        self.for_each_record(body, |acc: &Accum| {
+            let mut rec = *base;
+            acc.finish(&mut rec, time, rate(acc.sampler_ref()));
+            emit(&rec);
+        })
     }
 
     /// Decodes every record of a data set body, calling `f` with each gathered record.
@@ -691,32 +760,19 @@ impl Accum {
     ///
     /// Zero values announce nothing.
     pub fn sampling_rate(&self) -> Option<u32> {
-        let nonzero = |v: Option<u64>| v.filter(|n| *n > 0);
-        let rate = if let Some(n) = nonzero(self.sampling_interval) {
-            n
-        } else if let Some(n) = nonzero(self.random_interval) {
-            n
-        } else if let (Some(size), Some(pop)) = (
-            nonzero(self.sampling_size),
-            nonzero(self.sampling_population),
-        ) {
-            pop.saturating_add(size / 2) / size
-        } else if let Some(i) = nonzero(self.packet_interval) {
-            let space = self.packet_space.unwrap_or(0);
-            i.saturating_add(space).saturating_add(i / 2) / i
-        } else {
-            return None;
-        };
-        Some(u32::try_from(rate).unwrap_or(u32::MAX).max(1))
+        sampling_rate_of(
+            self.sampling_interval,
+            self.random_interval,
+            self.sampling_size,
+            self.sampling_population,
+            self.packet_interval,
+            self.packet_space,
+        )
     }
 
     /// The sampler this record names, if any.
     pub fn sampler_ref(&self) -> SamplerRef {
-        match (self.sampler_id, self.selector_id) {
-            (Some(id), _) => SamplerRef::Sampler(id),
-            (None, Some(id)) => SamplerRef::Selector(id),
-            (None, None) => SamplerRef::Scope,
-        }
+        sampler_ref_of(self.sampler_id, self.selector_id)
     }
 
     /// systemInitTimeMilliseconds (160) carried in this record.
@@ -788,6 +844,40 @@ impl Accum {
     }
 }
 
+/// [`Accum::sampling_rate`] from the record's sampling fields.
+fn sampling_rate_of(
+    interval: Option<u64>,
+    random_interval: Option<u64>,
+    size: Option<u64>,
+    population: Option<u64>,
+    packet_interval: Option<u64>,
+    packet_space: Option<u64>,
+) -> Option<u32> {
+    let nonzero = |v: Option<u64>| v.filter(|n| *n > 0);
+    let rate = if let Some(n) = nonzero(interval) {
+        n
+    } else if let Some(n) = nonzero(random_interval) {
+        n
+    } else if let (Some(size), Some(pop)) = (nonzero(size), nonzero(population)) {
+        pop.saturating_add(size / 2) / size
+    } else if let Some(i) = nonzero(packet_interval) {
+        let space = packet_space.unwrap_or(0);
+        i.saturating_add(space).saturating_add(i / 2) / i
+    } else {
+        return None;
+    };
+    Some(u32::try_from(rate).unwrap_or(u32::MAX).max(1))
+}
+
+/// [`Accum::sampler_ref`]: samplerId wins over selectorId.
+fn sampler_ref_of(sampler_id: Option<u64>, selector_id: Option<u64>) -> SamplerRef {
+    match (sampler_id, selector_id) {
+        (Some(id), _) => SamplerRef::Sampler(id),
+        (None, Some(id)) => SamplerRef::Selector(id),
+        (None, None) => SamplerRef::Scope,
+    }
+}
+
 /// One flow timestamp from whichever form the exporter used, in order of precision: absolute,
 /// delta to the export time, or sysUptime (v9: relative to the header; IPFIX: relative to
 /// systemInitTimeMilliseconds). 0 when none applies.
@@ -833,7 +923,11 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// timestamps, 32 bits of seconds since 1900 and 32 bits of fraction. Anything else, or a time
 /// before 1970, is ignored.
 fn ntp_to_unix_ms(v: &[u8]) -> Option<u64> {
-    let raw = u64::from_be_bytes(v.try_into().ok()?);
+    ntp_raw_to_unix_ms(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// [`ntp_to_unix_ms`] of the 8 bytes read as one big-endian integer.
+fn ntp_raw_to_unix_ms(raw: u64) -> Option<u64> {
     let secs = (raw >> 32).checked_sub(NTP_UNIX_OFFSET)?;
     let frac_ms = ((raw & 0xffff_ffff) * 1_000) >> 32;
     Some(secs * 1_000 + frac_ms)
@@ -971,6 +1065,103 @@ mod tests {
         );
         a.apply(Role::SamplingInterval, &[0, 0, 4, 0]);
         assert_eq!(a.sampling_rate(), Some(1024));
+    }
+
+    mod plan_prop {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Every element flowplane maps (some twice, for duplicates), and a few it skips.
+        const IDS: &[u16] = &[
+            1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 14, 16, 17, 21, 22, 23, 24, 27, 28, 32, 34, 48, 50,
+            85, 86, 139, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 176, 177, 178, 179,
+            252, 253, 302, 305, 306, 309, 310, 3, 60, 82, 1, 8, 12, 27, 152,
+        ];
+
+        /// The length an exporter would use: addresses 4 or 16, NTP times 8, others 4.
+        fn natural_len(id: u16) -> u16 {
+            match id {
+                8 | 12 => 4,
+                27 | 28 => 16,
+                154..=157 => 8,
+                4 | 5 | 6 | 176..=179 => 1,
+                7 | 11 | 32 | 139 => 2,
+                _ => 4,
+            }
+        }
+
+        fn field() -> impl Strategy<Value = FieldSpec> {
+            // 0: natural length; 1: a common width; 2: anything, impossible lengths included.
+            let len = prop_oneof![
+                6 => Just(None),
+                3 => prop::sample::select(vec![1u16, 2, 3, 4, 8, 16]).prop_map(Some),
+                1 => (0u16..20).prop_map(Some),
+            ];
+            (prop::sample::select(IDS), len, prop::bool::weighted(0.05)).prop_map(
+                |(id, len, ent)| FieldSpec {
+                    id,
+                    enterprise: if ent { 29_305 } else { 0 },
+                    len: len.unwrap_or_else(|| natural_len(id)),
+                },
+            )
+        }
+
+        /// A byte: zero often, so that all-zero addresses and zero sampling fields happen.
+        fn byte() -> impl Strategy<Value = u8> {
+            prop_oneof![Just(0u8), any::<u8>()]
+        }
+
+        fn time() -> impl Strategy<Value = TimeBase> {
+            (
+                any::<u64>(),
+                prop::option::of(any::<u32>()),
+                prop::option::of(any::<u64>()),
+            )
+                .prop_map(|(export_ms, sys_uptime, sys_init_ms)| TimeBase {
+                    export_ms,
+                    sys_uptime,
+                    sys_init_ms,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+            /// The compiled plan gives the records, count and error of the field-by-field
+            /// reference path ([`Accum`]), for any template and data.
+            #[test]
+            fn plan_matches_reference(
+                specs in prop::collection::vec(field(), 1..24),
+                bytes in prop::collection::vec(byte(), 0..400),
+                time in time(),
+                scope_rate in prop::option::of(1u32..1_000),
+                base_port in any::<u16>(),
+            ) {
+                let Ok(t) = Template::new(TemplateKind::Data, &specs, 0) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(t.plan.is_some(), t.min_len() >= 8);
+                // Named samplers: an announced rate for some ids only.
+                let rate = |r: SamplerRef| match r {
+                    SamplerRef::Scope => scope_rate,
+                    SamplerRef::Sampler(id) | SamplerRef::Selector(id) => {
+                        (id % 3 == 0).then_some((id % 97) as u32 + 1).or(scope_rate)
+                    }
+                };
+                let base = FlowRecord {
+                    exporter_port: base_port,
+                    dst_port: base_port,
+                    ip_version: 9,
+                    ..FlowRecord::default()
+                };
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                let a = t.decode_flows(&bytes, &base, &time, rate, |r| fast.push(*r));
+                let b = t.decode_flows_general(&bytes, &base, &time, rate, |r| slow.push(*r));
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(fast, slow);
+            }
+        }
     }
 
     #[test]
