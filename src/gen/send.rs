@@ -401,14 +401,11 @@ fn send_loop(
             let due = started.elapsed().as_secs_f64() * rate;
             let ahead = attempted as f64 - due;
             if ahead >= 0.0 {
-                // Sleep until the rate catches up (at most 5 ms, so stop and templates are
-                // seen), or yield when that is too short to sleep.
-                let wait = Duration::from_secs_f64(((ahead + 1.0) / rate).min(0.005));
-                if wait >= Duration::from_micros(100) {
-                    std::thread::sleep(wait);
-                } else {
-                    std::thread::yield_now();
-                }
+                // Sleep until the rate has caught up, at least 200 µs (so the generator sends
+                // bursts of a fraction of a millisecond's worth instead of spinning on a core
+                // the collector may need) and at most 5 ms (so stop and templates are seen).
+                let wait = ((ahead + 1.0) / rate).clamp(0.000_2, 0.005);
+                std::thread::sleep(Duration::from_secs_f64(wait));
                 continue;
             }
             let behind = (-ahead / cfg.records_per_datagram as f64).ceil() as usize;
