@@ -8,7 +8,7 @@
 //! | Key | Type | Content |
 //! |---|---|---|
 //! | `P:z:D:S` | sorted set | member = key text (`10.0.0.1\|443\|6`), score = bytes |
-//! | `P:h:D:S` | hash | `p\|KEY` packets, `f\|KEY` flows, `rb\|KEY` raw bytes, `rp\|KEY` raw packets |
+//! | `P:h:D:S` | hash | `p\|KEY` packets, `f\|KEY` flows, `xb\|KEY` and `xp\|KEY` what sampling added to bytes and packets (written only when not 0: raw = scaled - added) |
 //! | `P:t:D:S` | hash | the dimension's window totals: `bytes`, `packets`, `flows`, `raw_bytes`, `raw_packets` (every key plus overflow) and `overflow_bytes` ... `overflow_raw_packets` |
 //! | `P:dims` | set | dimension names written; the set expires `ttl_secs` after the last write of any dimension (names are never removed one by one) |
 //! | `P:m:I:S:F:C` | string | marker: chunk `C` of batch `F` (a fingerprint of its content) of window `S` from instance `I` was applied |
@@ -410,14 +410,22 @@ pub fn top(
         .collect();
     let mut window = Totals::default();
     let mut overflow = Totals::default();
+    let mut excess = vec![Excess::default(); keys.len()];
     for pair in replies.chunks(2) {
         let [fields, totals] = pair else { break };
         let fields: Vec<Option<u64>> = redis::from_redis_value_ref(fields)?;
-        for (ranked, values) in keys.iter_mut().zip(fields.chunks(HASH_KINDS.len())) {
-            add_hash_values(&mut ranked.totals, values);
+        for ((ranked, x), values) in keys
+            .iter_mut()
+            .zip(excess.iter_mut())
+            .zip(fields.chunks(HASH_KINDS.len()))
+        {
+            add_hash_values(&mut ranked.totals, x, values);
         }
         let totals: Vec<(String, u64)> = redis::from_redis_value_ref(totals)?;
         add_window_totals(&mut window, &mut overflow, &totals);
+    }
+    for (ranked, x) in keys.iter_mut().zip(excess) {
+        set_raw(&mut ranked.totals, x);
     }
 
     Ok(Ranking {
@@ -466,7 +474,9 @@ pub fn series(
             bytes: score.map_or(0, score_to_u64),
             ..Totals::default()
         };
-        add_hash_values(&mut totals, &fields);
+        let mut x = Excess::default();
+        add_hash_values(&mut totals, &mut x, &fields);
+        set_raw(&mut totals, x);
         points.push(Point { sec, totals });
     }
     Ok(points)
@@ -544,7 +554,7 @@ pub fn dims_key(prefix: &str) -> String {
     format!("{prefix}:dims")
 }
 
-/// A field of the `P:h:D:S` hash: `p|KEY`, `f|KEY`, `rb|KEY` or `rp|KEY`. The kind comes first
+/// A field of the `P:h:D:S` hash: `p|KEY`, `f|KEY`, `xb|KEY` or `xp|KEY`. The kind comes first
 /// because key text itself contains `|`.
 pub fn hash_field(kind: &str, key: &str) -> String {
     format!("{kind}|{key}")
@@ -905,8 +915,11 @@ impl Encoder {
                 for (kind, value) in [
                     (&b"p|"[..], t.packets),
                     (b"f|", t.flows),
-                    (b"rb|", t.raw_bytes),
-                    (b"rp|", t.raw_packets),
+                    // What sampling added: 0, and so not written, for unsampled exports. The
+                    // reader takes it off the scaled counts to give the raw ones; being a
+                    // difference, it adds up across seconds and instances like the rest.
+                    (b"xb|", t.bytes.saturating_sub(t.raw_bytes)),
+                    (b"xp|", t.packets.saturating_sub(t.raw_packets)),
                 ] {
                     // A zero increment changes nothing; the reader treats a missing field as 0.
                     if value == 0 {
@@ -1137,13 +1150,28 @@ fn add_window_totals(window: &mut Totals, overflow: &mut Totals, fields: &[(Stri
     }
 }
 
-/// Adds the `p`, `f`, `rb`, `rp` values (in [`HASH_KINDS`] order) of one second.
-fn add_hash_values(t: &mut Totals, values: &[Option<u64>]) {
+/// What sampling added to a key's bytes and packets (`xb`, `xp`), summed over seconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Excess {
+    bytes: u64,
+    packets: u64,
+}
+
+/// Adds the `p`, `f`, `xb`, `xp` values (in [`HASH_KINDS`] order) of one second: packets and
+/// flows to `t`, the sampling excess to `x`.
+fn add_hash_values(t: &mut Totals, x: &mut Excess, values: &[Option<u64>]) {
     let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
     t.packets = t.packets.saturating_add(get(0));
     t.flows = t.flows.saturating_add(get(1));
-    t.raw_bytes = t.raw_bytes.saturating_add(get(2));
-    t.raw_packets = t.raw_packets.saturating_add(get(3));
+    x.bytes = x.bytes.saturating_add(get(2));
+    x.packets = x.packets.saturating_add(get(3));
+}
+
+/// The raw counts: the scaled ones (bytes from the sorted set, packets from `p`) minus what
+/// sampling added.
+fn set_raw(t: &mut Totals, x: Excess) {
+    t.raw_bytes = t.bytes.saturating_sub(x.bytes);
+    t.raw_packets = t.packets.saturating_sub(x.packets);
 }
 
 /// The seconds `end - window + 1 ..= end`.
@@ -1233,7 +1261,7 @@ const IF_FIELDS: [&str; 9] = [
 ];
 
 /// The kinds of `P:h:D:S` fields, in the order queries read them.
-const HASH_KINDS: [&str; 4] = ["p", "f", "rb", "rp"];
+const HASH_KINDS: [&str; 4] = ["p", "f", "xb", "xp"];
 
 #[cfg(test)]
 mod tests {
@@ -1346,8 +1374,9 @@ mod tests {
 
     #[test]
     fn big_windows_split_into_chunks_that_each_expire_what_they_write() {
+        // 1,000 keys of three commands each (unsampled: no `xb`/`xp`).
         let chunks = encode_window(&batch(1_000), "fp", "i", 301, 1_000);
-        assert!(chunks.len() >= 5, "{}", chunks.len());
+        assert!(chunks.len() >= 3, "{}", chunks.len());
         let mut zincrby = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             assert!(chunk.marker.starts_with("fp:m:i:1700000000:"));

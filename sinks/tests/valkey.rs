@@ -100,6 +100,67 @@ fn writes_add_up_expire_and_read_back() {
 }
 
 #[test]
+fn sampled_and_unsampled_keys_read_back_raw_counts_across_seconds_and_instances() {
+    let Some((mut sink, mut conn, config)) = setup() else {
+        return;
+    };
+    let p = &config.key_prefix;
+    let s = 1_700_000_150;
+    // Port 443 was sampled 1 in 4 (scaled 4000 bytes, 8 packets; raw 1000, 2); port 80 was not.
+    let sampled = |w: u64| {
+        let mut b = port_batch(w, &[(443, 4_000), (80, 700)]);
+        let t = &mut b.dimensions[0].entries[0].totals;
+        t.packets = 8;
+        t.raw_bytes = 1_000;
+        t.raw_packets = 2;
+        b
+    };
+    // Two seconds, and the same second again from a second instance (another sink): all add up.
+    sink.send(&sampled(s - 1)).unwrap();
+    sink.send(&sampled(s)).unwrap();
+    // A second sink is a second instance (its own markers): its write adds up.
+    let mut other = ValkeySink::new(config.clone()).unwrap();
+    other.send(&sampled(s)).unwrap();
+
+    // Only what sampling added is stored, and only where it is not 0.
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(valkey::hash_key(p, "dst_port", s))
+        .query(&mut conn)
+        .unwrap();
+    let mut fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["f|443", "f|80", "p|443", "p|80", "xb|443", "xp|443"]
+    );
+
+    let r = valkey::top(&mut conn, p, "dst_port", s, 2, 10).unwrap();
+    let t443 = r.keys.iter().find(|k| k.key == "443").unwrap().totals;
+    assert_eq!(
+        (
+            t443.bytes,
+            t443.packets,
+            t443.raw_bytes,
+            t443.raw_packets,
+            t443.flows
+        ),
+        (12_000, 24, 3_000, 6, 3)
+    );
+    let t80 = r.keys.iter().find(|k| k.key == "80").unwrap().totals;
+    assert_eq!(
+        (t80.bytes, t80.raw_bytes, t80.packets, t80.raw_packets),
+        (2_100, 2_100, 24, 24)
+    );
+
+    let points = valkey::series(&mut conn, p, "dst_port", "443", s, 2).unwrap();
+    let raw: Vec<(u64, u64)> = points
+        .iter()
+        .map(|p| (p.totals.raw_bytes, p.totals.raw_packets))
+        .collect();
+    assert_eq!(raw, [(1_000, 2), (2_000, 4)]);
+}
+
+#[test]
 fn resending_a_batch_does_not_double_it_and_overflow_counts_in_totals() {
     let Some((mut sink, mut conn, config)) = setup() else {
         return;
