@@ -116,6 +116,8 @@ pub(crate) struct Projection {
     pub(crate) projected_records_per_sec: f64,
     /// What the tier's NIC carries at 400 bytes per record.
     pub(crate) nic_cap_records_per_sec: u64,
+    /// The smaller of the two: what the tier would hold if the projection is right.
+    pub(crate) projected_capped_records_per_sec: f64,
     /// The sizing table's rate for that tier.
     pub(crate) sizing_table_records_per_sec: u64,
 }
@@ -334,23 +336,26 @@ impl Report {
                 "## Projection to the tiers (a projection, not a measurement)\n\n\
                  Measured records/s per worker core here, times the tier profile's worker cores. \
                  It assumes the rate grows with worker cores, that the merger and sinks keep up \
-                 on their own cores, and that the generator is elsewhere; the NIC column is the \
-                 sizing table's 400 bytes per record rule. Run `flowplane bench` on the tier's \
-                 machine for its measured row.\n"
+                 on their own cores (their work grows with keys per second, not records), that \
+                 Valkey and the broker run elsewhere, and that the generator is elsewhere; the \
+                 NIC column is the sizing table's 400 bytes per record rule, which caps every \
+                 tier long before its cores do. Run `flowplane bench` on the tier's machine for \
+                 its measured row.\n"
             );
             let _ = writeln!(
                 o,
-                "| Tier | cores | worker cores | projected rec/s | NIC cap rec/s | sizing table rec/s |\n|---|---:|---:|---:|---:|---:|"
+                "| Tier | cores | worker cores | projected rec/s | NIC cap rec/s | projected, NIC-capped | sizing table rec/s |\n|---|---:|---:|---:|---:|---:|---:|"
             );
             for p in &self.projection {
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     p.profile,
                     p.cores,
                     p.worker_cores,
                     si(p.projected_records_per_sec),
                     si(p.nic_cap_records_per_sec as f64),
+                    si(p.projected_capped_records_per_sec),
                     si(p.sizing_table_records_per_sec as f64)
                 );
             }
@@ -537,6 +542,8 @@ fn projection(per_core: f64) -> Vec<Projection> {
             worker_cores: p.cores.workers.len(),
             projected_records_per_sec: per_core * p.cores.workers.len() as f64,
             nic_cap_records_per_sec: nic_records_per_sec(p.sizing.nic_gbps * 1_000),
+            projected_capped_records_per_sec: (per_core * p.cores.workers.len() as f64)
+                .min(nic_records_per_sec(p.sizing.nic_gbps * 1_000) as f64),
             sizing_table_records_per_sec: p.sizing.records_per_sec,
         })
         .collect()
