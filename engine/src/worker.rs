@@ -384,8 +384,24 @@ fn add_batch(
     records: &[FlowRecord],
     scale: bool,
 ) -> u64 {
+    // The worker hands at most BATCH records at a time; more are taken BATCH by BATCH, so none
+    // is ever left out.
+    records
+        .chunks(BATCH)
+        .map(|chunk| add_chunk(dims, tables, scratch, chunk, scale))
+        .sum()
+}
+
+/// [`add_batch`] for at most [`BATCH`] records.
+#[inline]
+fn add_chunk(
+    dims: &[Dimension],
+    tables: &mut [Table],
+    scratch: &mut Scratch,
+    records: &[FlowRecord],
+    scale: bool,
+) -> u64 {
     let n = records.len().min(BATCH);
-    let records = &records[..n];
     for (t, r) in scratch.totals.iter_mut().zip(records) {
         let factor = if scale {
             u64::from(r.sampling_rate.max(1))
