@@ -529,16 +529,8 @@ pub fn frame_length(flow: &Flow) -> u32 {
 fn records(format: Format, b: &[u8]) -> u32 {
     match format {
         Format::V5 => u32::from(get16(b, 2).unwrap_or(0)).min(V5_MAX_RECORDS as u32),
-        Format::V9 => {
-            let mut n = 0;
-            for_each_record_ro(b, V9_HEADER_LEN, &V9_LAYOUT, |_| n += 1);
-            n
-        }
-        Format::Ipfix => {
-            let mut n = 0;
-            for_each_record_ro(b, IPFIX_HEADER_LEN, &IPFIX_LAYOUT, |_| n += 1);
-            n
-        }
+        Format::V9 => count_records(b, V9_HEADER_LEN, &V9_LAYOUT),
+        Format::Ipfix => count_records(b, IPFIX_HEADER_LEN, &IPFIX_LAYOUT),
         Format::Sflow => get32(b, 24).unwrap_or(0),
     }
 }
@@ -568,40 +560,49 @@ impl Layout {
     }
 }
 
+/// One set of a datagram: where its records are (`body`), their length when the set is a data
+/// set of our two templates, and where the next set starts. `None` past the last set, or at a
+/// set whose header does not fit.
+struct SetSpan {
+    body: std::ops::Range<usize>,
+    record_len: Option<usize>,
+    next: usize,
+}
+
+fn next_set(b: &[u8], at: usize, layout: &Layout) -> Option<SetSpan> {
+    let (id, len) = (get16(b, at)?, usize::from(get16(b, at + 2)?));
+    if len < SET_HEADER_LEN || at + len > b.len() {
+        return None;
+    }
+    Some(SetSpan {
+        body: at + SET_HEADER_LEN..at + len,
+        record_len: layout.record_len(id),
+        next: at + len,
+    })
+}
+
 /// Calls `f` on every data record of our two templates, in place.
 fn for_each_record(b: &mut [u8], header_len: usize, layout: &Layout, mut f: impl FnMut(&mut [u8])) {
     let mut at = header_len;
-    while let (Some(id), Some(len)) = (get16(b, at), get16(b, at + 2)) {
-        let len = usize::from(len);
-        let Some(set) = b.get_mut(at..at + len) else {
-            return;
-        };
-        if len < SET_HEADER_LEN {
-            return;
+    while let Some(set) = next_set(b, at, layout) {
+        if let Some(rec) = set.record_len {
+            b[set.body].chunks_exact_mut(rec).for_each(&mut f);
         }
-        if let Some(rec) = layout.record_len(id) {
-            set[SET_HEADER_LEN..].chunks_exact_mut(rec).for_each(&mut f);
-        }
-        at += len;
+        at = set.next;
     }
 }
 
-/// [`for_each_record`] for reading.
-fn for_each_record_ro(b: &[u8], header_len: usize, layout: &Layout, mut f: impl FnMut(&[u8])) {
+/// Data records of our two templates in a datagram.
+fn count_records(b: &[u8], header_len: usize, layout: &Layout) -> u32 {
+    let mut n = 0;
     let mut at = header_len;
-    while let (Some(id), Some(len)) = (get16(b, at), get16(b, at + 2)) {
-        let len = usize::from(len);
-        let Some(set) = b.get(at..at + len) else {
-            return;
-        };
-        if len < SET_HEADER_LEN {
-            return;
+    while let Some(set) = next_set(b, at, layout) {
+        if let Some(rec) = set.record_len {
+            n += (set.body.len() / rec) as u32;
         }
-        if let Some(rec) = layout.record_len(id) {
-            set[SET_HEADER_LEN..].chunks_exact(rec).for_each(&mut f);
-        }
-        at += len;
+        at = set.next;
     }
+    n
 }
 
 /// Writes the first `keep` bytes of the frame of `f`, `frame_len` bytes long with its FCS:
