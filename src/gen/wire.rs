@@ -768,21 +768,7 @@ pub const V9_V4_FIELDS: [(u16, u16); 13] = [
     (21, 4),
 ];
 /// NetFlow v9 IPv6 template: [`V9_V4_FIELDS`] with IPV6_SRC_ADDR (27) and IPV6_DST_ADDR (28).
-pub const V9_V6_FIELDS: [(u16, u16); 13] = [
-    (27, 16),
-    (28, 16),
-    (7, 2),
-    (11, 2),
-    (4, 1),
-    (6, 1),
-    (5, 1),
-    (10, 4),
-    (14, 4),
-    (1, 8),
-    (2, 8),
-    (22, 4),
-    (21, 4),
-];
+pub const V9_V6_FIELDS: [(u16, u16); 13] = with_ipv6_addresses(V9_V4_FIELDS);
 /// IPFIX IPv4 template: (Information Element id, length). sourceIPv4Address,
 /// destinationIPv4Address, sourceTransportPort, destinationTransportPort, protocolIdentifier,
 /// tcpControlBits (unsigned16 since RFC 7125), ipClassOfService, ingressInterface,
@@ -805,21 +791,16 @@ pub const IPFIX_V4_FIELDS: [(u16, u16); 13] = [
 ];
 /// IPFIX IPv6 template: [`IPFIX_V4_FIELDS`] with sourceIPv6Address (27) and
 /// destinationIPv6Address (28).
-pub const IPFIX_V6_FIELDS: [(u16, u16); 13] = [
-    (27, 16),
-    (28, 16),
-    (7, 2),
-    (11, 2),
-    (4, 1),
-    (6, 2),
-    (5, 1),
-    (10, 4),
-    (14, 4),
-    (1, 8),
-    (2, 8),
-    (152, 8),
-    (153, 8),
-];
+pub const IPFIX_V6_FIELDS: [(u16, u16); 13] = with_ipv6_addresses(IPFIX_V4_FIELDS);
+
+/// An IPv4 template (source and destination address first) made IPv6: the same fields after
+/// the addresses, which become sourceIPv6Address (27) and destinationIPv6Address (28), the
+/// same numbers in v9 and IPFIX.
+const fn with_ipv6_addresses(mut fields: [(u16, u16); 13]) -> [(u16, u16); 13] {
+    fields[0] = (27, 16);
+    fields[1] = (28, 16);
+    fields
+}
 
 const V9_LAYOUT: Layout = Layout {
     v4_len: record_len(&V9_V4_FIELDS),
